@@ -13,25 +13,30 @@ from .flops import (context_flops_ratio, crossover_seq_len, flops_per_token, hfu
                     matmul_bytes, matmul_flops, mfu, roofline_time, training_flops,
                     training_time)
 from .inference import (critical_batch, decode_step_time, generation_flops, kv_cache_bytes,
-                        max_batch)
-from .memory import activation_memory, training_memory
+                        max_batch, serving_cost)
+from .memory import (activation_breakdown, activation_memory, largest_micro_batch,
+                     memory_budget, training_memory)
 from .reference.counter import count_flops
 from .registry import Hardware, hardware, hardwares, model, models
-from .scaling import chinchilla_loss, chinchilla_optimal, tokens_for_loss
+from .scaling import (ScalingFit, chinchilla_loss, chinchilla_optimal, inference_aware_optimal,
+                      scaling_fit, scaling_fits, tokens_for_loss)
 from .spec import Transformer, param_breakdown, param_count
-from .units import (format_bytes, format_count, format_duration, format_flops, format_sci,
-                    parse_bytes, parse_quantity)
+from .units import (format_bytes, format_count, format_duration, format_flops, format_rate,
+                    format_sci, parse_bytes, parse_flop_rate, parse_quantity, parse_rate)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Hardware", "Transformer", "activation_memory", "chinchilla_loss", "chinchilla_optimal",
-    "context_flops_ratio", "count_flops", "critical_batch", "crossover_seq_len",
-    "decode_step_time", "flops_per_token", "format_bytes", "format_count", "format_duration",
-    "format_flops", "format_sci", "generation_flops", "hardware", "hardwares", "hfu",
-    "kv_cache_bytes", "layer_flops", "matmul_bytes", "matmul_flops", "max_batch", "mfu",
-    "model", "models", "param_breakdown", "param_count", "parse_bytes", "parse_quantity",
-    "roofline_time", "tokens_for_loss", "training_flops", "training_memory", "training_time",
+    "Hardware", "ScalingFit", "Transformer", "activation_breakdown", "activation_memory",
+    "chinchilla_loss", "chinchilla_optimal", "context_flops_ratio", "count_flops",
+    "critical_batch", "crossover_seq_len", "decode_step_time", "flops_per_token",
+    "format_bytes", "format_count", "format_duration", "format_flops", "format_rate",
+    "format_sci", "generation_flops", "hardware", "hardwares", "hfu",
+    "inference_aware_optimal", "kv_cache_bytes", "largest_micro_batch", "layer_flops",
+    "matmul_bytes", "matmul_flops", "max_batch", "memory_budget", "mfu", "model", "models",
+    "param_breakdown", "param_count", "parse_bytes", "parse_flop_rate", "parse_quantity",
+    "parse_rate", "roofline_time", "scaling_fit", "scaling_fits", "serving_cost",
+    "tokens_for_loss", "training_flops", "training_memory", "training_time",
 ]
 
 _LAZY = {"viz", "reference"}

@@ -1,7 +1,16 @@
-"""Argument checks shared by every formula.
+"""Argument checks shared by every formula: one calling convention for the whole package.
 
 Formulas accept Python numbers or numpy arrays and broadcast. Bad input must fail early with a
-``ValueError`` that names the argument, so a reader never sees a NaN or a numpy traceback.
+``ValueError`` that names the argument, so a reader never sees a NaN, a TypeError or a numpy
+traceback. The convention (every public function, tested in ``tests/test_convention.py``):
+
+- a model argument is a ``Transformer`` or a registry name (``as_spec``);
+- a hardware argument is a ``Hardware`` or a registry name (``as_hardware``); a peak FLOP/s
+  argument also takes one (``as_peak``: its 16-bit peak, or the ``dtype`` given);
+- a scalar text quantity ("15T", "128k", "80GB", "3.35 TB/s") is read where a number is, for a
+  single value only: a list of strings stays an error. The argument's ``kind`` says how: a
+  registry name first (a model's parameter count, a device's memory, bandwidth or peak), then
+  the text is parsed as a count, bytes, bytes/s or FLOP/s.
 """
 
 from __future__ import annotations
@@ -10,31 +19,94 @@ import numbers
 
 import numpy as np
 
+# What a text argument means, by kind: the parser in flopsbook.units and, where a registry name
+# makes sense, what the name stands for.
+KINDS = ("count", "params", "bytes", "rate", "flop_rate")
+
+
+def shown(value, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: a 400-digit int must not fill the screen."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + " ...>"
+
+
+def _text(name: str, value: str, kind: str) -> float:
+    from . import units
+    from .registry import _HARDWARE, _MODELS
+
+    key = value.strip()
+    if kind == "params" and key in _MODELS:
+        from .spec import param_count
+        return float(param_count(_MODELS[key]))
+    if key in _HARDWARE and kind in ("bytes", "rate", "flop_rate"):
+        h = _HARDWARE[key]
+        return {"bytes": h.memory_bytes, "rate": h.bandwidth, "flop_rate": h.peak_16bit}[kind]
+    parse = {"count": units.parse_quantity, "params": units.parse_quantity,
+             "bytes": units.parse_bytes, "rate": units.parse_rate,
+             "flop_rate": units.parse_flop_rate}[kind]
+    try:
+        return parse(key)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def _numeric(name: str, value, kind: str | None) -> np.ndarray:
+    """``value`` as a float64 array, refusing anything that is not a real number."""
+    if kind is not None and isinstance(value, str):
+        return np.asarray(_text(name, value, kind))
+    if kind == "params":
+        from .spec import Transformer, param_count
+        if isinstance(value, Transformer):
+            return np.asarray(float(param_count(value)))
+    what = "a number or an array of numbers"
+    if kind is not None:
+        what += " (or one text quantity such as " + {
+            "count": "'15T' or '128k'", "params": "'7B' or a model name",
+            "bytes": "'80GB' or '80GiB'", "rate": "'3.35 TB/s'",
+            "flop_rate": "'989 TFLOP/s' or a hardware name"}[kind] + ")"
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes, dict, set)):
+        raise ValueError(f"{name} must be {what}, got {shown(value)}")
+    try:
+        raw = np.asarray(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{name} must be {what}, got {shown(value)}") from None
+    if raw.dtype.kind in "iuf":
+        return raw.astype(np.float64)
+    if raw.dtype.kind == "O":  # Python ints beyond int64, or a ragged/mixed list
+        flat = raw.ravel().tolist()
+        if all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+               for v in flat):
+            try:
+                return np.asarray(raw, dtype=np.float64)
+            except OverflowError:
+                raise ValueError(f"{name} is too large to be a float64 (max about 1.8e308), "
+                                 f"got {shown(value)}") from None
+            except (TypeError, ValueError):
+                pass
+    raise ValueError(f"{name} must be {what}, got {shown(value)}")
+
 
 def as_array(name: str, value, *, allow_zero: bool = False, integer: bool = False,
-             upper: float | None = None) -> np.ndarray:
+             upper: float | None = None, kind: str | None = None) -> np.ndarray:
     """Return ``value`` as a float64 array after checking every element.
 
-    Elements must be finite and positive (or non-negative with ``allow_zero``), whole numbers
-    with ``integer``, and at most ``upper`` when given.
+    Elements must be real numbers (no strings, booleans or complex numbers, in arrays either),
+    finite and positive (or non-negative with ``allow_zero``), whole numbers with ``integer``,
+    and at most ``upper`` when given. With ``kind`` (one of ``KINDS``) a single string is read
+    as that kind of quantity.
     """
-    if isinstance(value, (bool, np.bool_, str, bytes)) or value is None:
-        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}")
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number or an array of numbers, got {value!r}") from None
+    arr = _numeric(name, value, kind)
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise ValueError(f"{name} must be finite, got {shown(value)}")
     bad = (arr < 0) if allow_zero else (arr <= 0)
     if bad.any():
         first = arr[bad].flat[0] if arr.ndim else arr
         allowed = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {allowed}, got {float(first):g}")
     if integer and (arr != np.floor(arr)).any():
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise ValueError(f"{name} must be a whole number, got {shown(value)}")
     if upper is not None and (arr > upper).any():
-        raise ValueError(f"{name} must be <= {upper}, got {value!r}")
+        raise ValueError(f"{name} must be <= {upper}, got {shown(value)}")
     return arr
 
 
@@ -52,21 +124,79 @@ def result(arr):
 def positive_int(name: str, value) -> int:
     """A single size (layers, widths, heads): a positive Python or numpy integer."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{name} must be a positive int, got {shown(value)}")
     if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+        raise ValueError(f"{name} must be a positive int, got {shown(value)}")
     return int(value)
 
 
 def as_bool(name: str, value) -> bool:
     """A switch such as ``causal``: True or False (numpy booleans too), nothing truthy."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise ValueError(f"{name} must be True or False, got {shown(value)}")
     return bool(value)
 
 
-def choice(name: str, value, allowed) -> str:
-    if value not in allowed:
+def choice(name: str, value, allowed):
+    """``value`` if it is one of ``allowed`` (compared by type too: True is not 1)."""
+    def same(a):
+        if isinstance(value, (bool, np.bool_)) != isinstance(a, bool):
+            return False
+        if isinstance(a, str):
+            return isinstance(value, str) and value == a
+        return isinstance(value, numbers.Integral) and value == a
+
+    hits = [a for a in allowed if same(a)]
+    if not hits:
         options = " | ".join(repr(a) for a in allowed)
-        raise ValueError(f"{name} must be one of {options}, got {value!r}")
-    return value
+        raise ValueError(f"{name} must be one of {options}, got {shown(value)}")
+    return hits[0]
+
+
+def as_spec(m, name: str = "m"):
+    """A ``Transformer``, or the registry model of that name."""
+    from .registry import _MODELS, _lookup
+    from .spec import Transformer
+
+    if isinstance(m, Transformer):
+        return m
+    if isinstance(m, str):
+        return _lookup("model", m, _MODELS, name)
+    raise ValueError(f"{name} must be a Transformer or a model name (one of "
+                     f"{', '.join(_MODELS)}), got {m!r}")
+
+
+def as_hardware(hardware, name: str = "hardware"):
+    """A ``Hardware``, or the registry accelerator of that name."""
+    from .registry import _HARDWARE, Hardware, _lookup
+
+    if isinstance(hardware, Hardware):
+        return hardware
+    if isinstance(hardware, str):
+        return _lookup("hardware", hardware, _HARDWARE, name)
+    raise ValueError(f"{name} must be a Hardware or a hardware name (one of "
+                     f"{', '.join(_HARDWARE)}), got {hardware!r}")
+
+
+def as_peak(name: str, value, dtype=None) -> np.ndarray:
+    """Peak FLOP/s: a number (array), a text rate, or a ``Hardware``/name, whose 16-bit peak
+    (``Hardware.peak_16bit``) or ``dtype`` peak is taken."""
+    from .registry import _HARDWARE, Hardware
+
+    if isinstance(value, Hardware) or (isinstance(value, str) and value.strip() in _HARDWARE):
+        h = as_hardware(value, name)
+        return np.asarray(h.peak_16bit if dtype is None else h.peak(dtype))
+    if dtype is not None:
+        raise ValueError(f"dtype={dtype!r} chooses a peak of a Hardware; {name} is a number "
+                         "here: pass the Hardware (or its name) instead, or leave dtype out")
+    return as_array(name, value, kind="flop_rate")
+
+
+def as_bandwidth(name: str, value) -> np.ndarray:
+    """Bytes/s: a number (array), a text rate ("3.35 TB/s"), or a ``Hardware``/name, whose
+    HBM ``bandwidth`` is taken."""
+    from .registry import Hardware
+
+    if isinstance(value, Hardware):
+        return np.asarray(value.bandwidth)
+    return as_array(name, value, kind="rate")

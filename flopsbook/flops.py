@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_array, as_bool, choice, result
-from .spec import Transformer, as_spec
+from ._validate import as_array, as_bandwidth, as_bool, as_peak, as_spec, choice, result
+from .spec import Transformer
 
 
 def matmul_flops(m, k, n, batch=1):
@@ -33,16 +33,27 @@ def matmul_bytes(m, k, n, bytes_per_value=2, batch=1):
     return result((m * k + k * n + m * n) * b * batch)
 
 
-def roofline_time(flops, bytes_moved, peak_flops, bandwidth):
+def roofline_time(flops, bytes_moved, peak_flops, bandwidth=None, *, dtype=None):
     """Lower bound on the time of a kernel: max(FLOPs / peak, bytes / bandwidth), in seconds.
 
     The roofline model of Williams et al. (2009): a kernel can go no faster than its compute at
-    peak FLOP/s, nor than moving its bytes at full memory bandwidth.
+    peak FLOP/s, nor than moving its bytes at full memory bandwidth. ``flops`` is a FLOP count,
+    ``bytes_moved`` bytes (a number or text such as "2GB"); ``peak_flops`` is FLOP/s or a
+    ``Hardware``/name (then its ``peak_16bit``, or ``peak(dtype)``); ``bandwidth`` is bytes/s
+    (or "3.35 TB/s") and may be left out when ``peak_flops`` is a Hardware/name: then its HBM
+    ``bandwidth`` is used.
     """
-    f = as_array("flops", flops, allow_zero=True)
-    b = as_array("bytes_moved", bytes_moved, allow_zero=True)
-    p = as_array("peak_flops", peak_flops)
-    bw = as_array("bandwidth", bandwidth)
+    f = as_array("flops", flops, allow_zero=True, kind="count")
+    b = as_array("bytes_moved", bytes_moved, allow_zero=True, kind="bytes")
+    p = as_peak("peak_flops", peak_flops, dtype)
+    if bandwidth is None:
+        from ._validate import as_hardware
+        from .registry import Hardware
+        if not isinstance(peak_flops, (Hardware, str)):
+            raise ValueError("bandwidth is needed (bytes/s) when peak_flops is a number; pass "
+                             "a Hardware (or its name) as peak_flops to use its bandwidth")
+        bandwidth = as_hardware(peak_flops, "peak_flops")
+    bw = as_bandwidth("bandwidth", bandwidth)
     return result(np.maximum(f / p, b / bw))
 
 
@@ -73,8 +84,8 @@ def layer_flops(m, seq_len, batch=1, *, causal=False):
     sequence projected its own position encodings), so both scale with ``batch``.
     """
     m = as_spec(m)
-    s = as_array("seq_len", seq_len, integer=True)
-    b = as_array("batch", batch, integer=True)
+    s = as_array("seq_len", seq_len, integer=True, kind="count")
+    b = as_array("batch", batch, integer=True, kind="count")
     causal = as_bool("causal", causal)
     d, tokens = m.d_model, b * s
     pairs = b * m.n_heads * _attended_pairs(s, causal)
@@ -105,7 +116,8 @@ def flops_per_token(m, context=None, *, training=True, causal=False, recompute=F
     attention products, leaving 2 FLOPs per matmul weight per token (6 in training).
     """
     m = as_spec(m)
-    s = as_array("context", m.seq_len if context is None else context, integer=True)
+    s = as_array("context", m.seq_len if context is None else context, integer=True,
+                 kind="count")
     training, recompute = as_bool("training", training), as_bool("recompute", recompute)
     include_logits = as_bool("include_logits", include_logits)
     include_attention = as_bool("include_attention", include_attention)
@@ -120,55 +132,78 @@ def flops_per_token(m, context=None, *, training=True, causal=False, recompute=F
 
 
 def training_flops(n_params, n_tokens):
-    """C = 6 N D: training FLOPs of N parameters on D tokens (2 forward + 4 backward each)."""
-    n = as_array("n_params", n_params)
-    d = as_array("n_tokens", n_tokens)
+    """C = 6 N D: training FLOPs of N parameters on D tokens (2 forward + 4 backward each).
+
+    ``n_params`` is a count, text ("7B"), a ``Transformer`` or a model name (then
+    ``param_count``, embeddings included); ``n_tokens`` a count or text ("15T").
+    """
+    n = as_array("n_params", n_params, kind="params")
+    d = as_array("n_tokens", n_tokens, kind="count")
     return result(6.0 * n * d)
 
 
-def training_time(flops, n_devices, peak_flops_per_device, mfu):
-    """Seconds to compute ``flops`` on ``n_devices`` at a fraction ``mfu`` of their peak: T = C / tau."""
-    c = as_array("flops", flops, allow_zero=True)
-    n = as_array("n_devices", n_devices, integer=True)
-    peak = as_array("peak_flops_per_device", peak_flops_per_device)
+def training_time(flops, n_devices, peak_flops_per_device, mfu, *, dtype=None):
+    """Seconds to compute ``flops`` on ``n_devices`` at a fraction ``mfu`` of their peak: T = C / tau.
+
+    ``flops`` is a FLOP count (or text, "3.1e23"); ``n_devices`` the devices the job spans;
+    ``peak_flops_per_device`` FLOP/s per device, or a ``Hardware``/name (then its
+    ``peak_16bit``, or ``peak(dtype)``); ``mfu`` in (0, 1].
+    """
+    c = as_array("flops", flops, allow_zero=True, kind="count")
+    n = as_array("n_devices", n_devices, integer=True, kind="count")
+    peak = as_peak("peak_flops_per_device", peak_flops_per_device, dtype)
     u = as_array("mfu", mfu, upper=1.0)
     return result(c / (n * peak * u))
 
 
-def _utilisation(name, tokens_per_second, flops_per_token, n_devices, peak_flops_per_device):
-    tps = as_array("tokens_per_second", tokens_per_second)
-    fpt = as_array("flops_per_token", flops_per_token)
-    n = as_array("n_devices", n_devices, integer=True)
-    peak = as_array("peak_flops_per_device", peak_flops_per_device)
+# Utilisations computed from rounded published figures can land a hair above 1.
+_AT_PEAK_TOLERANCE = 1e-6
+
+
+def _utilisation(name, tokens_per_second, flops_name, flops_per_token, n_devices,
+                 peak_flops_per_device, dtype):
+    tps = as_array("tokens_per_second", tokens_per_second, kind="count")
+    fpt = as_array(flops_name, flops_per_token, kind="count")
+    n = as_array("n_devices", n_devices, integer=True, kind="count")
+    peak = as_peak("peak_flops_per_device", peak_flops_per_device, dtype)
     u = tps * fpt / (n * peak)
-    if (u > 1).any():
+    if (u > 1 + _AT_PEAK_TOLERANCE).any():
         raise ValueError(f"implied {name} is {float(u.max()):.3g} > 1: the achieved FLOP/s "
-                         "exceed the peak; check tokens_per_second, flops_per_token, n_devices "
+                         f"exceed the peak; check tokens_per_second, {flops_name}, n_devices "
                          "and peak_flops_per_device (dense peak, per device)")
-    return result(u)
+    return result(np.minimum(u, 1.0))
 
 
-def mfu(tokens_per_second, flops_per_token, n_devices, peak_flops_per_device):
+def mfu(tokens_per_second, flops_per_token, n_devices, peak_flops_per_device, *, dtype=None):
     """Model FLOPs utilisation: achieved model FLOP/s over the cluster's peak.
 
-    ``flops_per_token`` counts what the model needs (e.g. ``flops_per_token(m)`` or PaLM's
-    6N + 12*L*H*Q*T), not recomputation.
+    ``tokens_per_second`` is the whole job's throughput; ``flops_per_token`` counts what the
+    model needs (e.g. ``flops_per_token(m)`` or PaLM's 6N + 12*L*H*Q*T), not recomputation;
+    ``n_devices`` the devices the job spans; ``peak_flops_per_device`` FLOP/s, or a
+    ``Hardware``/name (its ``peak_16bit``, or ``peak(dtype)``). A cluster at exactly its peak
+    (to rounding, 1e-6) gives 1.
     """
-    return _utilisation("MFU", tokens_per_second, flops_per_token, n_devices,
-                        peak_flops_per_device)
+    return _utilisation("MFU", tokens_per_second, "flops_per_token", flops_per_token,
+                        n_devices, peak_flops_per_device, dtype)
 
 
-def hfu(tokens_per_second, hardware_flops_per_token, n_devices, peak_flops_per_device):
+def hfu(tokens_per_second, hardware_flops_per_token, n_devices, peak_flops_per_device, *,
+        dtype=None):
     """Hardware FLOPs utilisation: like ``mfu`` but counting every FLOP executed, recomputation
     included (e.g. ``flops_per_token(m, recompute=True)``)."""
-    return _utilisation("HFU", tokens_per_second, hardware_flops_per_token, n_devices,
-                        peak_flops_per_device)
+    return _utilisation("HFU", tokens_per_second, "hardware_flops_per_token",
+                        hardware_flops_per_token, n_devices, peak_flops_per_device, dtype)
 
 
 # --- Where attention overtakes the matmuls -------------------------------------------------
 # Derived in the chapter "Where attention overtakes the matmuls" (notebooks/02).
 
 CROSSOVER_AGAINST = ("projections", "layer")
+
+
+def _models():
+    from .registry import _MODELS
+    return _MODELS
 
 
 def _layer_coefficients(m):
@@ -207,12 +242,14 @@ def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
     """
     choice("against", against, CROSSOVER_AGAINST)
     causal = as_bool("causal", causal)
+    if isinstance(m_or_d_model, str) and m_or_d_model.strip() in _models():
+        m_or_d_model = as_spec(m_or_d_model.strip(), "m_or_d_model")
     if isinstance(m_or_d_model, Transformer):
         projections, ffn, per_pair = _layer_coefficients(m_or_d_model)
         per_token = projections + (ffn if against == "layer" else 0)
         ratio = np.float64(per_token) / per_pair
     else:
-        d = as_array("m_or_d_model", m_or_d_model, integer=True)
+        d = as_array("m_or_d_model", m_or_d_model, integer=True, kind="count")
         # MHA, d_ff = 4d: projections 8 d**2 and FFN 16 d**2 per token, 4 d per pair.
         ratio = (2.0 if against == "projections" else 6.0) * d
     return result(2 * ratio - 1 if causal else ratio)
@@ -229,6 +266,6 @@ def context_flops_ratio(d_model, new_context, old_context=4096):
     alike and leave it unchanged. Broadcasts over all three arguments.
     """
     h = as_array("d_model", d_model, integer=True)
-    s2 = as_array("new_context", new_context, integer=True)
-    s1 = as_array("old_context", old_context, integer=True)
+    s2 = as_array("new_context", new_context, integer=True, kind="count")
+    s1 = as_array("old_context", old_context, integer=True, kind="count")
     return result((6 * h + s2) / (6 * h + s1))

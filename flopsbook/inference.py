@@ -1,7 +1,7 @@
 """Inference: the key/value cache, generation FLOPs and the decode roofline.
 
 Derived in the chapter "Inference: the KV cache, prefill versus decode, batching and the
-memory-bandwidth roofline" (``notebooks/04_inference``). Conventions: a multiply-add is 2 FLOPs;
+memory-bandwidth roofline" (``notebooks/inference``). Conventions: a multiply-add is 2 FLOPs;
 forward only; matmul FLOPs only (norms, softmax, activations and embedding lookups are left
 out); logits are computed for the last position of each step only, as a sampler needs.
 """
@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_array, as_bool, result
+from ._validate import as_array, as_bool, as_hardware, as_spec, result
 from .flops import _attended_pairs, _layer_coefficients
-from .spec import as_spec
 
 
 def kv_cache_bytes(m, batch, seq_len, bytes_per_value=2):
@@ -28,8 +27,8 @@ def kv_cache_bytes(m, batch, seq_len, bytes_per_value=2):
     ``bytes_per_value``.
     """
     m = as_spec(m)
-    b = as_array("batch", batch, integer=True)
-    s = as_array("seq_len", seq_len, integer=True)
+    b = as_array("batch", batch, integer=True, kind="count")
+    s = as_array("seq_len", seq_len, integer=True, kind="count")
     v = as_array("bytes_per_value", bytes_per_value)
     return result(2.0 * m.n_layers * m.n_kv_heads * m.d_head * b * s * v)
 
@@ -59,8 +58,8 @@ def generation_flops(m, prompt_len, new_tokens, *, kv_cache=True, causal=True):
     ``causal=True`` the cache computes every (query, key) pair exactly once.
     """
     m = as_spec(m)
-    p = as_array("prompt_len", prompt_len, integer=True)
-    t = as_array("new_tokens", new_tokens, integer=True)
+    p = as_array("prompt_len", prompt_len, integer=True, kind="count")
+    t = as_array("new_tokens", new_tokens, integer=True, kind="count")
     kv_cache, causal = as_bool("kv_cache", kv_cache), as_bool("causal", causal)
     linear, per_pair = _token_flops(m)
     logits = 2.0 * m.d_model * m.vocab_size
@@ -79,27 +78,17 @@ def generation_flops(m, prompt_len, new_tokens, *, kv_cache=True, causal=True):
 class DecodeStep:
     """Roofline estimate of one decode step (see :func:`decode_step_time`). Fields are floats,
     or arrays when the arguments broadcast; ``bound`` is "compute" or "memory" (an array of
-    them when broadcasting)."""
+    them when broadcasting). ``flops`` and ``bytes`` are the whole step's, summed over the
+    ``n_devices`` devices that share it; the times are per device, which is the step's time."""
 
     time: object             # seconds: max(compute_time, memory_time)
-    compute_time: object     # flops / peak FLOP/s
-    memory_time: object      # bytes / bandwidth
+    compute_time: object     # flops / (n_devices * peak FLOP/s)
+    memory_time: object      # bytes / (n_devices * bandwidth)
     intensity: object        # flops / bytes (FLOPs per byte)
     bound: object            # "compute" where compute_time >= memory_time, else "memory"
     flops: object            # matmul FLOPs of the step (all sequences of the batch)
     bytes: object            # weights + KV cache read
     tokens_per_second: object  # batch / time
-
-
-def _hardware(hardware):
-    from .registry import Hardware, hardware as lookup
-
-    if isinstance(hardware, str):
-        return lookup(hardware)
-    if not isinstance(hardware, Hardware):
-        raise ValueError(f"hardware must be a Hardware or a name from fb.hardwares(), "
-                         f"got {type(hardware).__name__}")
-    return hardware
 
 
 def _peak(h, dtype):
@@ -110,8 +99,8 @@ def _step_parts(m, batch, context, bytes_per_param, kv_bytes_per_value):
     from .spec import param_count
 
     m = as_spec(m)
-    b = as_array("batch", batch, integer=True)
-    ctx = as_array("context", context, integer=True)
+    b = as_array("batch", batch, integer=True, kind="count")
+    ctx = as_array("context", context, integer=True, kind="count")
     w = as_array("bytes_per_param", bytes_per_param)
     kv = as_array("kv_bytes_per_value", kv_bytes_per_value)
     linear, per_pair = _token_flops(m)
@@ -121,8 +110,13 @@ def _step_parts(m, batch, context, bytes_per_param, kv_bytes_per_value):
     return b, flops_per_seq, weight_bytes, kv_per_seq
 
 
+_SERVING = """``n_devices`` is tensor-parallel serving: the weights, each sequence's KV cache and the
+    FLOPs are split evenly over that many devices, each with its own peak and bandwidth (the
+    time the devices spend exchanging activations is left to the chapters on many devices)."""
+
+
 def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes_per_value=2,
-                     dtype=None):
+                     dtype=None, n_devices=1):
     """Roofline time of one decode step: ``batch`` sequences each add one token that attends
     to ``context`` keys (itself included). Returns a :class:`DecodeStep`.
 
@@ -130,69 +124,118 @@ def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes
     the logits of one position (as :func:`generation_flops` counts a step). Bytes: every
     parameter read once (``param_count(m) * bytes_per_param``, shared by the batch; for untied
     embeddings this overcounts the input table, of which only ``batch`` rows are read) plus the
-    whole KV cache of every sequence (``kv_cache_bytes``). Activations are left out. Peak is
-    ``hardware.peak(dtype)``, by default bf16 (fp16 where there is no bf16): quantised weights
-    are assumed dequantised to 16 bits for the arithmetic, so they save bytes, not FLOPs.
-    ``hardware`` is a :class:`flopsbook.Hardware` or its registry name. Broadcasts over
-    ``batch``, ``context``, ``bytes_per_param`` and ``kv_bytes_per_value``.
+    whole KV cache of every sequence (``kv_cache_bytes``). Activations are left out.
+
+    ``m`` is a ``Transformer`` or a model name; ``hardware`` a :class:`flopsbook.Hardware` or
+    its registry name, of which ``bandwidth`` (HBM, bytes/s) and ``peak(dtype)`` are used, by
+    default its bf16 peak (fp16 where there is no bf16): quantised weights are assumed
+    dequantised to 16 bits for the arithmetic, so they save bytes, not FLOPs. ``batch`` and
+    ``context`` are counts (text such as "128k" is read); ``bytes_per_param`` and
+    ``kv_bytes_per_value`` are bytes per value (2 for 16-bit, 1 for 8-bit, 0.5 for 4-bit).
+    {serving} Broadcasts over ``batch``, ``context``, ``bytes_per_param``,
+    ``kv_bytes_per_value`` and ``n_devices``.
     """
-    h = _hardware(hardware)
+    h = as_hardware(hardware)
     peak = _peak(h, dtype)
+    n = as_array("n_devices", n_devices, integer=True, kind="count")
     b, flops_per_seq, weight_bytes, kv_per_seq = _step_parts(m, batch, context, bytes_per_param,
                                                              kv_bytes_per_value)
     flops = b * flops_per_seq
     moved = weight_bytes + b * kv_per_seq
-    compute_time, memory_time = flops / peak, moved / h.bandwidth
+    compute_time, memory_time = flops / (n * peak), moved / (n * h.bandwidth)
     time = np.maximum(compute_time, memory_time)
     bound = np.where(compute_time >= memory_time, "compute", "memory")
+    shape = np.broadcast_shapes(np.shape(time), np.shape(flops), np.shape(moved))
+    full = [np.broadcast_to(x, shape) for x in (time, compute_time, memory_time, flops, moved)]
+    time, compute_time, memory_time, flops, moved = full
+    bound = np.broadcast_to(bound, shape)
     return DecodeStep(time=result(time), compute_time=result(compute_time),
                       memory_time=result(memory_time), intensity=result(flops / moved),
-                      bound=str(bound[()]) if bound.ndim == 0 else bound,
+                      bound=str(bound[()]) if bound.ndim == 0 else bound.copy(),
                       flops=result(flops), bytes=result(moved),
-                      tokens_per_second=result(b / time))
+                      tokens_per_second=result(np.broadcast_to(b, shape) / time))
+
+
+decode_step_time.__doc__ = decode_step_time.__doc__.format(serving=_SERVING)
 
 
 def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2,
-                   dtype=None):
+                   dtype=None, n_devices=1):
     """The batch from which a decode step is compute-bound (``inf`` if it never is).
 
     Setting compute time equal to memory time, b F / P = (W + b K) / B_w, with F the FLOPs and
     K the KV bytes of one sequence, W the weight bytes, P the peak and B_w the bandwidth:
     b* = W / (B_w F / P - K). When K >= B_w F / P every added sequence brings as many bytes
     per FLOP as the hardware's balance allows, and no batch is compute-bound. A real number:
-    batches from ``ceil(b*)`` up are compute-bound. Same arguments and
-    conventions as :func:`decode_step_time` (without ``batch``).
+    batches from ``ceil(b*)`` up are compute-bound. Same arguments and conventions as
+    :func:`decode_step_time` (without ``batch``). Splitting over ``n_devices`` divides both
+    sides by the same n, so b* does not depend on it (the argument is accepted so that every
+    serving function takes the same arguments, and broadcasts).
     """
-    h = _hardware(hardware)
+    h = as_hardware(hardware)
     peak = _peak(h, dtype)
+    n = as_array("n_devices", n_devices, integer=True, kind="count")
     _, flops_per_seq, weight_bytes, kv_per_seq = _step_parts(m, 1, context, bytes_per_param,
                                                              kv_bytes_per_value)
     headroom = h.bandwidth * flops_per_seq / peak - kv_per_seq
     with np.errstate(divide="ignore"):
         b = np.where(headroom > 0, weight_bytes / np.where(headroom > 0, headroom, 1.0), np.inf)
-    return result(b)
+    return result(b + 0 * n)
 
 
 def max_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2, n_devices=1):
     """How many sequences of ``context`` tokens fit, with their KV caches, beside the weights.
 
     ``floor((n_devices * memory - param_count(m) * bytes_per_param) / kv_cache_bytes(m, 1,
-    context, kv_bytes_per_value))``, and 0 where the weights alone do not fit. The memory of
-    ``n_devices`` devices is pooled, as when tensor parallelism splits the weights and each
-    sequence's cache evenly with nothing duplicated. Activations, the framework's buffers and
-    quantisation scales are left out, so real servers fit somewhat fewer. Derived in the chapter
-    "Inference". ``hardware`` is a :class:`flopsbook.Hardware` or its registry name. Returns a
-    whole number as float64; broadcasts over ``context``, ``bytes_per_param``,
-    ``kv_bytes_per_value`` and ``n_devices``.
+    context, kv_bytes_per_value))``, and 0 where the weights alone do not fit. {serving}
+    Nothing is duplicated, so the memory of the devices is pooled. Activations, the
+    framework's buffers and quantisation scales are left out, so real servers fit somewhat
+    fewer. Derived in the chapter "Inference". ``hardware`` is a :class:`flopsbook.Hardware`
+    or its registry name, of which ``memory_bytes`` is used. Returns a whole number as
+    float64; broadcasts over ``context``, ``bytes_per_param``, ``kv_bytes_per_value`` and
+    ``n_devices``.
     """
     from .spec import param_count
 
     m = as_spec(m)
-    h = _hardware(hardware)
-    ctx = as_array("context", context, integer=True)
+    h = as_hardware(hardware)
+    ctx = as_array("context", context, integer=True, kind="count")
     w = as_array("bytes_per_param", bytes_per_param)
     kv = as_array("kv_bytes_per_value", kv_bytes_per_value)
-    n = as_array("n_devices", n_devices, integer=True)
+    n = as_array("n_devices", n_devices, integer=True, kind="count")
     free = n * h.memory_bytes - param_count(m) * w
     per_seq = kv_cache_bytes(m, 1, ctx, kv)
     return result(np.maximum(np.floor(free / per_seq), 0.0))
+
+
+max_batch.__doc__ = max_batch.__doc__.format(serving=_SERVING)
+
+
+def serving_cost(m, hardware, batch, context, price_per_device_hour, *, n_devices=1,
+                 bytes_per_param=2, kv_bytes_per_value=2, dtype=None):
+    """Dollars per million generated tokens, from the decode roofline: a lower bound.
+
+    ``price_per_device_hour`` dollars for each of ``n_devices`` devices, divided by the tokens
+    per second of :func:`decode_step_time` at ``batch`` sequences that each attend to
+    ``context`` keys: 1e6 * n_devices * price / 3600 / tokens_per_second. The context is held
+    fixed at every step (pass the longest context a generation reaches for a bound that covers
+    it, or the mean for an average); prefill is not included (its FLOPs are compute-bound and
+    are billed per prompt token), nor idle time, communication or a batch that is not full.
+    A ``batch`` whose KV caches do not fit beside the weights (:func:`max_batch`) is a
+    ``ValueError`` saying so. Arguments as :func:`decode_step_time`; broadcasts.
+    """
+    price = as_array("price_per_device_hour", price_per_device_hour)
+    fits = max_batch(m, hardware, context, bytes_per_param=bytes_per_param,
+                     kv_bytes_per_value=kv_bytes_per_value, n_devices=n_devices)
+    b = as_array("batch", batch, integer=True, kind="count")
+    too_big = b > fits
+    if np.any(too_big):
+        most = float(np.broadcast_to(fits, too_big.shape)[too_big].min())
+        raise ValueError(f"batch does not fit: at most {most:,.0f} sequences of this context "
+                         f"fit beside the weights on {n_devices} device(s) (max_batch); lower "
+                         "batch or context, or add devices")
+    step = decode_step_time(m, hardware, b, context, bytes_per_param=bytes_per_param,
+                            kv_bytes_per_value=kv_bytes_per_value, dtype=dtype,
+                            n_devices=n_devices)
+    n = as_array("n_devices", n_devices, integer=True, kind="count")
+    return result(1e6 * n * price / 3600.0 / step.tokens_per_second)

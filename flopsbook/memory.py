@@ -12,8 +12,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ._validate import as_array, as_bool, choice, result
-from .spec import as_spec
+from ._validate import as_array, as_bool, as_spec, choice, result
 
 # Bytes per value of each storage format.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -60,10 +59,8 @@ class TrainingMemory:
 
 
 def _zero_stage(value) -> int:
-    # bool is an int to Python: True would silently mean stage 1.
-    if isinstance(value, (bool, np.bool_)) or value not in ZERO_STAGES:
-        raise ValueError(f"zero_stage must be one of 0 | 1 | 2 | 3, got {value!r}")
-    return int(value)
+    # choice() compares by type: True is not stage 1, an array is not a stage.
+    return int(choice("zero_stage", value, ZERO_STAGES))
 
 
 def training_memory(n_params, *, precision="mixed", optimizer="adamw", zero_stage=0,
@@ -83,10 +80,11 @@ def training_memory(n_params, *, precision="mixed", optimizer="adamw", zero_stag
 
     ZeRO (Rajbhandari et al. 2020) shards over ``n_devices`` data-parallel devices: stage 1 the
     optimizer states *and* the fp32 master copy, stage 2 also the gradients, stage 3 also the
-    working weights. Broadcasts over ``n_params`` and ``n_devices``.
+    working weights. ``n_params`` is a count, text ("7B"), a ``Transformer`` or a model name.
+    Broadcasts over ``n_params`` and ``n_devices``.
     """
-    n = as_array("n_params", n_params)
-    d = as_array("n_devices", n_devices, integer=True)
+    n = as_array("n_params", n_params, kind="params")
+    d = as_array("n_devices", n_devices, integer=True, kind="count")
     choice("precision", precision, tuple(PRECISIONS))
     choice("optimizer", optimizer, tuple(OPTIMIZER_STATES))
     stage = _zero_stage(zero_stage)
@@ -115,9 +113,9 @@ def _activation_terms(m, batch, seq_len, recompute, tensor_parallel, sequence_pa
     tensors costs a handful of array operations (10^6 configurations in well under 0.1 s).
     """
     m = as_spec(m)
-    b = as_array("batch", batch, integer=True)
-    s = as_array("seq_len", seq_len, integer=True)
-    t = as_array("tensor_parallel", tensor_parallel, integer=True)
+    b = as_array("batch", batch, integer=True, kind="count")
+    s = as_array("seq_len", seq_len, integer=True, kind="count")
+    t = as_array("tensor_parallel", tensor_parallel, integer=True, kind="count")
     v = as_array("bytes_per_value", bytes_per_value)
     choice("recompute", recompute, RECOMPUTE)
     sp = as_bool("sequence_parallel", sequence_parallel)
@@ -205,6 +203,7 @@ def activation_memory(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
     set of the layer being recomputed or differentiated. Broadcasts over ``batch``,
     ``seq_len``, ``tensor_parallel`` and ``bytes_per_value``.
     """
+    m = as_spec(m)
     terms, bases = _activation_terms(m, batch, seq_len, recompute, tensor_parallel,
                                      sequence_parallel, flash_attention, dropout,
                                      bytes_per_value)
@@ -212,3 +211,142 @@ def activation_memory(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
     for _, width, base in terms:       # add widths first: one multiply per base array
         widths[base] += width
     return result(m.n_layers * sum(widths[k] * bases[k] for k in bases))
+
+
+# --- Will it fit? -------------------------------------------------------------------------
+
+LOGITS_DTYPES = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Per-device bytes of a training step, by part (see :func:`memory_budget`).
+
+    Fields are float64 scalars, or arrays when an argument was an array. ``total`` is their
+    sum; ``fits(hardware)`` compares it with a device's memory.
+    """
+
+    weights: object                # working weights (16-bit in "mixed")
+    master_weights: object         # fp32 copy the optimizer updates ("mixed" only)
+    gradients: object
+    optimizer_states: object
+    activations: object            # what the layers keep for the backward pass
+    recompute_working_set: object  # the transient of the layer being recomputed
+    logits: object                 # the output layer's logits (its stated dtype)
+    buffers: object                # framework buffers, fragmentation: the caller's allowance
+
+    @property
+    def total(self):
+        return result(sum(np.asarray(getattr(self, f.name)) for f in fields(self)))
+
+    def as_dict(self) -> dict:
+        """Every part (and ``total``) by name, for tables and stacked bars."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["total"] = self.total
+        return out
+
+    def fits(self, hardware):
+        """Whether ``total`` is at most the device memory (``Hardware.memory_bytes``) of
+        ``hardware``, a ``Hardware`` or its registry name; an array when broadcasting."""
+        from ._validate import as_hardware
+
+        ok = np.asarray(self.total) <= as_hardware(hardware).memory_bytes
+        return bool(ok) if ok.ndim == 0 else ok
+
+
+def _buffers(value, others):
+    """``buffers`` as bytes: a fraction (0 <= x < 1) of the other parts, or bytes (x >= 1)."""
+    b = as_array("buffers", value, allow_zero=True, kind="bytes")
+    return np.where(b < 1, b * others, b)
+
+
+def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimizer="adamw",
+                  grad_dtype=None, zero_stage=0, n_devices=1, tensor_parallel=1,
+                  sequence_parallel=False, recompute="none", flash_attention=False,
+                  dropout=True, logits_dtype="fp32", buffers=0.0):
+    """Per-device bytes of one training step: will it fit? Returns a :class:`MemoryBudget`.
+
+    Derived in the chapter "Memory budgets for training". ``m`` is a ``Transformer`` or a model
+    name; ``batch`` the per-device micro-batch (sequences) and ``seq_len`` its length (counts,
+    text such as "4k" read). ``n_devices`` is the devices the job spans: the model is split
+    ``tensor_parallel`` ways (which must divide it) and ZeRO's ``zero_stage`` shards the model
+    states over the ``n_devices / tensor_parallel`` data-parallel copies.
+
+    - Model states from :func:`training_memory` (``n_params`` defaults to ``param_count(m)``;
+      ``precision``, ``optimizer``, ``grad_dtype`` as there), divided by ``tensor_parallel``.
+    - ``activations``: :func:`activation_memory` (16-bit, or fp32 with ``precision="fp32"``;
+      ``dropout=False`` for models trained without it, such as Llama).
+    - ``recompute_working_set``: recomputation rebuilds, for the layer being differentiated,
+      what it dropped: with full recomputation one whole layer's activations, with selective
+      that layer's s^2 tensors (nothing with FlashAttention, which never materialises them).
+    - ``logits``: the b*s*V logits of the output layer, kept in ``logits_dtype`` ("fp32", as a
+      loss computed in fp32 keeps them; "bf16"/"fp16"; or None to leave them out), split over
+      the vocabulary by tensor parallelism.
+    - ``buffers``: an allowance for the framework (communication buffers, fragmentation): a
+      fraction (0 <= x < 1) of all the other parts, or bytes (x >= 1, or text "2GB").
+
+    Broadcasts over ``batch``, ``seq_len`` and ``n_params``.
+    """
+    from ._validate import as_spec
+    from .spec import param_count
+
+    m = as_spec(m)
+    b = as_array("batch", batch, integer=True, kind="count")
+    s = as_array("seq_len", seq_len, integer=True, kind="count")
+    n = as_array("n_params", param_count(m) if n_params is None else n_params, kind="params")
+    devices = as_array("n_devices", n_devices, integer=True, kind="count")
+    tp = as_array("tensor_parallel", tensor_parallel, integer=True, kind="count")
+    if np.any(devices % tp):
+        raise ValueError(f"tensor_parallel={tensor_parallel!r} must divide "
+                         f"n_devices={n_devices!r} (the devices the job spans)")
+    choice("recompute", recompute, RECOMPUTE)
+    if logits_dtype is not None:
+        choice("logits_dtype", logits_dtype, LOGITS_DTYPES)
+    states = training_memory(n / tp, precision=precision, optimizer=optimizer,
+                             grad_dtype=grad_dtype, zero_stage=zero_stage,
+                             n_devices=devices / tp)
+    kw = dict(tensor_parallel=tp, sequence_parallel=sequence_parallel,
+              flash_attention=flash_attention, dropout=dropout,
+              bytes_per_value=4 if precision == "fp32" else 2)
+    layers = activation_memory(m, b, s, recompute=recompute, **kw)
+    working = 0.0
+    if recompute != "none":
+        one_layer = activation_memory(m, b, s, **kw) / m.n_layers
+        # Full: the whole layer is rebuilt before its backward (its kept input is counted
+        # again, a conservative round-up). Selective: only what it dropped, the s^2 tensors.
+        working = one_layer if recompute == "full" else one_layer - layers / m.n_layers
+    logits = 0.0 if logits_dtype is None else \
+        b * s * m.vocab_size * DTYPE_BYTES[logits_dtype] / tp
+    parts = dict(weights=states.weights, master_weights=states.master_weights,
+                 gradients=states.gradients, optimizer_states=states.optimizer_states,
+                 activations=layers, recompute_working_set=working, logits=logits)
+    others = sum(np.asarray(v, dtype=np.float64) for v in parts.values())
+    shape = np.shape(others)
+    full = {k: result(np.broadcast_to(np.asarray(v, dtype=np.float64), shape))
+            for k, v in parts.items()}
+    return MemoryBudget(**full, buffers=result(np.broadcast_to(_buffers(buffers, others),
+                                                                shape)))
+
+
+def largest_micro_batch(m, seq_len, hardware, **budget_kwargs):
+    """The largest per-device micro-batch whose :func:`memory_budget` fits ``hardware`` (its
+    ``memory_bytes``); 0 when not even one sequence fits. ``budget_kwargs`` are those of
+    :func:`memory_budget`. Every part but the model states grows linearly in the batch, so the
+    answer is a floor of the free memory over the bytes of one sequence (a scalar ``seq_len``).
+    """
+    from ._validate import as_hardware
+
+    device = as_hardware(hardware).memory_bytes
+    zero = memory_budget(m, 1, seq_len, **budget_kwargs)
+    two = memory_budget(m, 2, seq_len, **budget_kwargs)
+    per_sequence = float(two.total - zero.total)
+    fixed = float(zero.total) - per_sequence
+    if fixed + per_sequence > device:
+        return 0
+    b = int((device - fixed) // per_sequence)
+    # Guard the floor against rounding at the boundary.
+    while memory_budget(m, b + 1, seq_len, **budget_kwargs).fits(hardware):
+        b += 1
+    while b > 0 and not memory_budget(m, b, seq_len, **budget_kwargs).fits(hardware):
+        b -= 1
+    return b

@@ -6,18 +6,23 @@ import difflib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ._validate import as_array, shown
 from .spec import Transformer
 
 GiB = 2**30
 
 
-def _lookup(kind: str, name, table: dict):
+def _lookup(kind: str, name, table: dict, arg: str = "name"):
+    if not isinstance(name, str):
+        raise ValueError(f"{arg} must be a {kind} name (a str), one of {', '.join(table)}; "
+                         f"got {shown(name)}")
     if name in table:
         return table[name]
     names = sorted(table)
-    close = difflib.get_close_matches(str(name).lower(), names, n=3, cutoff=0.4)
+    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.4)
     hint = f" Closest: {', '.join(close)}." if close else ""
-    raise ValueError(f"unknown {kind} name {name!r}.{hint} Allowed: {', '.join(names)}")
+    raise ValueError(f"{arg}: unknown {kind} name {shown(name)}.{hint} Allowed: "
+                     f"{', '.join(names)}")
 
 
 def _gpt2(name, n_layers, d_model, n_heads):
@@ -58,6 +63,7 @@ _MODELS = {m.name: m for m in [
     _llama("llama-7b", "touvron2023llama", 32, 4096, 32, 11008, 2048),
     _llama("llama-65b", "touvron2023llama", 80, 8192, 64, 22016, 2048),
     _llama("llama2-7b", "touvron2023llama2", 32, 4096, 32, 11008, 4096),
+    _llama("llama2-13b", "touvron2023llama2", 40, 5120, 40, 13824, 4096),
     _llama("llama2-70b", "touvron2023llama2", 80, 8192, 64, 28672, 4096, n_kv_heads=8),
     _llama("llama3-8b", "grattafiori2024llama3", 32, 4096, 32, 14336, 8192, n_kv_heads=8,
            vocab_size=128256),
@@ -79,7 +85,10 @@ _MODELS = {m.name: m for m in [
 
 
 def model(name: str) -> Transformer:
-    """A published configuration by name; see ``models()`` for the list."""
+    """A published configuration by name (e.g. ``"llama3-8b"``); see ``models()`` for the list.
+
+    A ``ValueError`` lists the closest names when ``name`` is unknown.
+    """
     return _lookup("model", name, _MODELS)
 
 
@@ -92,8 +101,12 @@ def models() -> list[str]:
 class Hardware:
     """An accelerator: dense peak FLOP/s per dtype, memory in bytes, bandwidth in bytes/s.
 
-    All peaks are dense (no 2:4 sparsity): vendors' headline tensor-core numbers are often
-    twice these.
+    ``peak_flops`` maps a dtype name ("fp32", "tf32", "bf16", "fp16", "fp8", "int8") to its
+    dense peak in FLOP/s (OP/s for int8); ``memory_bytes`` is the device memory in bytes;
+    ``bandwidth`` is the HBM bandwidth in bytes/s (one device, reads and writes together);
+    ``source`` is a key of ``book/references.bib``. Every field is validated: a negative memory
+    or a zero bandwidth is a ``ValueError`` naming the field. All peaks are dense (no 2:4
+    sparsity): vendors' headline tensor-core numbers are often twice these.
     """
 
     name: str
@@ -103,9 +116,30 @@ class Hardware:
     source: str
     notes: str = field(default="", compare=False)
 
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen
+        for f in ("name", "source", "notes"):
+            if not isinstance(getattr(self, f), str):
+                raise ValueError(f"Hardware.{f} must be a str, got {getattr(self, f)!r}")
+        peaks = self.peak_flops
+        if not hasattr(peaks, "items") or not peaks:
+            raise ValueError("Hardware.peak_flops must be a non-empty mapping of dtype name to "
+                             f"FLOP/s, e.g. {{'bf16': 989.4e12}}; got {peaks!r}")
+        checked = {}
+        for dtype, value in peaks.items():
+            if not isinstance(dtype, str):
+                raise ValueError(f"Hardware.peak_flops keys must be dtype names, got {dtype!r}")
+            checked[dtype] = float(as_array(f"Hardware.peak_flops[{dtype!r}]", value))
+        set_(self, "peak_flops", MappingProxyType(checked))
+        for f in ("memory_bytes", "bandwidth"):
+            set_(self, f, float(as_array(f"Hardware.{f}", getattr(self, f))))
+        if "bf16" not in checked and "fp16" not in checked:
+            raise ValueError("Hardware.peak_flops needs a 16-bit peak ('bf16' or 'fp16'): the "
+                             f"book's default peak; got {', '.join(checked)}")
+
     def peak(self, dtype: str = "bf16") -> float:
         """Dense peak FLOP/s for ``dtype`` (e.g. "bf16", "fp16", "tf32", "fp32", "fp8")."""
-        return _lookup(f"dtype (for {self.name})", dtype, self.peak_flops)
+        return _lookup(f"dtype (for {self.name})", dtype, self.peak_flops, "dtype")
 
     @property
     def peak_16bit(self) -> float:

@@ -1,6 +1,6 @@
 """Scaling laws: the compute-optimal split of a training budget between parameters and tokens.
 
-Derived in the chapter "Scaling laws" (notebooks/05_scaling_laws). The loss law is Chinchilla's
+Derived in the chapter "Scaling laws" (notebooks/scaling-laws). The loss law is Chinchilla's
 parametric fit (Hoffmann et al. 2022, Approach 3),
 
     L(N, D) = E + A / N**alpha + B / D**beta,
@@ -99,8 +99,8 @@ def chinchilla_loss(n_params, n_tokens, fit="hoffmann2022"):
     law (the ``"tokens-per-param-20"`` rule) raises ``ValueError``. Chapter "Scaling laws".
     """
     f = _loss_law(fit)
-    n = as_array("n_params", n_params)
-    d = as_array("n_tokens", n_tokens)
+    n = as_array("n_params", n_params, kind="params")
+    d = as_array("n_tokens", n_tokens, kind="count")
     return result(f.E + f.A / n**f.alpha + f.B / d**f.beta)
 
 
@@ -113,7 +113,7 @@ def tokens_for_loss(n_params, loss, fit="hoffmann2022"):
     billions; broadcasts. Chapter "Scaling laws" (inference-aware model size).
     """
     f = _loss_law(fit)
-    n = as_array("n_params", n_params)
+    n = as_array("n_params", n_params, kind="params")
     target = as_array("loss", loss)
     gap = target - f.E - f.A / n**f.alpha            # what the data term may still contribute
     reachable = gap > 0
@@ -139,7 +139,73 @@ def chinchilla_optimal(compute, fit="hoffmann2022"):
     N = sqrt(C / 120), D = 20 N. Broadcasts over arrays of budgets. Chapter "Scaling laws".
     """
     f = scaling_fit(fit)
-    c6 = as_array("compute", compute) / 6.0
+    c6 = as_array("compute", compute, kind="count") / 6.0
     n = f.G * c6**f.a
     # D from the constraint rather than G^-1 (C/6)^b: the same number, and 6ND = C to rounding.
     return result(n), result(c6 / n)
+
+
+@dataclass(frozen=True)
+class InferenceAwareOptimum:
+    """The model that reaches a loss for the fewest lifetime FLOPs (see
+    :func:`inference_aware_optimal`). Fields are floats, or arrays when broadcasting."""
+
+    n_params: object              # N: parameters of the cheapest model over its lifetime
+    n_tokens: object              # D_train: the tokens it trains on to reach the loss
+    flops: object                 # 6 N D_train + 2 N D_inference
+    chinchilla_n_params: object   # the compute-optimal model of the same loss
+    chinchilla_n_tokens: object
+    chinchilla_flops: object      # its training plus the same inference
+    flops_saved: object           # chinchilla_flops - flops (>= 0)
+
+
+def inference_aware_optimal(loss, inference_tokens, fit="hoffmann2022"):
+    """Parameters and training tokens that reach ``loss`` for the fewest lifetime FLOPs.
+
+    After Sardana et al. (2024): minimise 6 N D_train + 2 N D_inf over N subject to
+    L(N, D_train) = ``loss`` (so D_train = ``tokens_for_loss(N, loss)``), with 2N forward FLOPs
+    per inference token and ``inference_tokens`` = D_inf tokens served over the model's life
+    (prompt and generated alike; 0 gives the Chinchilla-optimal model). Setting the derivative
+    to zero gives 6 D (1 - alpha A N^-alpha / (beta g)) + 2 D_inf = 0 with
+    g = loss - E - A N^-alpha, whose root lies between the smallest model that can reach the
+    loss, (A / (loss - E))^(1/alpha), and the compute-optimal one,
+    (A (alpha + beta) / (beta (loss - E)))^(1/alpha): found by bisection in log N. A loss at or
+    below E is unreachable: every count is ``inf`` and ``flops_saved`` is 0. Returns an
+    :class:`InferenceAwareOptimum`; broadcasts over ``loss`` and ``inference_tokens``. Chapter
+    "Scaling laws" (inference-aware model size).
+    """
+    f = _loss_law(fit)
+    target = as_array("loss", loss)
+    d_inf = as_array("inference_tokens", inference_tokens, allow_zero=True, kind="count")
+    target, d_inf = np.broadcast_arrays(target, d_inf)
+    gap = target - f.E
+    ok = gap > 0
+    safe_gap = np.where(ok, gap, 1.0)
+    lo = np.log((f.A / safe_gap) ** (1.0 / f.alpha))
+    n_chin = (f.A * (f.alpha + f.beta) / (f.beta * safe_gap)) ** (1.0 / f.alpha)
+    hi = np.log(n_chin)
+
+    def slope(log_n):
+        n = np.exp(log_n)
+        g = safe_gap - f.A * n ** -f.alpha
+        d = (f.B / g) ** (1.0 / f.beta)
+        return 6 * d * (1 - f.alpha * f.A * n ** -f.alpha / (f.beta * g)) + 2 * d_inf
+
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        for _ in range(200):   # the bracket is narrower than a few decades: 200 halvings
+            mid = 0.5 * (lo + hi)
+            up = slope(mid) > 0  # the lifetime cost rises past mid: the root is below it
+            hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
+    n = np.exp(hi)
+    d = np.asarray(tokens_for_loss(n, np.where(ok, target, f.E + 1.0), f))
+    d_chin = np.asarray(tokens_for_loss(n_chin, np.where(ok, target, f.E + 1.0), f))
+    flops = 6 * n * d + 2 * n * d_inf
+    flops_chin = 6 * n_chin * d_chin + 2 * n_chin * d_inf
+    inf = np.inf
+    return InferenceAwareOptimum(
+        n_params=result(np.where(ok, n, inf)), n_tokens=result(np.where(ok, d, inf)),
+        flops=result(np.where(ok, flops, inf)),
+        chinchilla_n_params=result(np.where(ok, n_chin, inf)),
+        chinchilla_n_tokens=result(np.where(ok, d_chin, inf)),
+        chinchilla_flops=result(np.where(ok, flops_chin, inf)),
+        flops_saved=result(np.where(ok, np.maximum(flops_chin - flops, 0.0), 0.0)))

@@ -7,9 +7,12 @@ has that the spec does not model goes in ``extra_params`` with a note in the reg
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
-from ._validate import as_bool, choice, positive_int
+import numpy as np
+
+from ._validate import as_bool, as_spec, choice, positive_int
 
 FFN_KINDS = ("gelu", "swiglu")
 POSITIONAL_KINDS = ("learned", "rope", "none", "relative")
@@ -48,9 +51,12 @@ class Transformer:
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
+        set_ = object.__setattr__  # frozen: resolve defaults and normalise types once, here
         for f in ("n_layers", "d_model", "n_heads", "vocab_size", "seq_len"):
-            positive_int(f, getattr(self, f))
-        set_ = object.__setattr__  # frozen: resolve defaults once, here
+            set_(self, f, positive_int(f, getattr(self, f)))  # numpy ints become Python ints
+        for f in ("n_kv_heads", "d_head", "d_ff"):
+            if getattr(self, f) is not None:
+                set_(self, f, positive_int(f, getattr(self, f)))
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ValueError(
@@ -61,8 +67,6 @@ class Transformer:
             set_(self, "n_kv_heads", self.n_heads)
         if self.d_ff is None:
             set_(self, "d_ff", 4 * self.d_model)
-        for f in ("n_kv_heads", "d_head", "d_ff"):
-            positive_int(f, getattr(self, f))
         if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} "
@@ -71,10 +75,14 @@ class Transformer:
         choice("positional", self.positional, POSITIONAL_KINDS)
         choice("norm", self.norm, NORM_KINDS)
         for f in ("tied_embeddings", "bias"):
-            as_bool(f, getattr(self, f))
-        if isinstance(self.extra_params, bool) or not isinstance(self.extra_params, int) \
-                or self.extra_params < 0:
+            set_(self, f, as_bool(f, getattr(self, f)))
+        if isinstance(self.extra_params, (bool, np.bool_)) \
+                or not isinstance(self.extra_params, numbers.Integral) or self.extra_params < 0:
             raise ValueError(f"extra_params must be an int >= 0, got {self.extra_params!r}")
+        set_(self, "extra_params", int(self.extra_params))
+        for f in ("name", "source", "notes"):
+            if not isinstance(getattr(self, f), str):
+                raise ValueError(f"{f} must be a str, got {getattr(self, f)!r}")
 
     @property
     def d_attn(self) -> int:
@@ -87,24 +95,20 @@ class Transformer:
         return self.n_kv_heads * self.d_head
 
 
-def as_spec(m) -> Transformer:
-    """``m`` itself if it is a spec; a clear error otherwise (a name is a common slip)."""
-    if not isinstance(m, Transformer):
-        raise ValueError(f"m must be a Transformer (see flopsbook.model), got {type(m).__name__}")
-    return m
-
-
 def _norm_params(m: Transformer) -> int:
     # LayerNorm has a gain and a bias; PaLM-style "no biases" keeps only the gain.
     return 2 * m.d_model if (m.norm == "layernorm" and m.bias) else m.d_model
 
 
-def param_breakdown(m: Transformer) -> dict[str, int]:
+def param_breakdown(m) -> dict[str, int]:
     """Exact parameter counts by part: the pieces ``param_count`` adds up.
+
+    ``m`` is a ``Transformer`` or a registry name.
 
     Keys: ``token_embedding``, ``position_embedding``, ``output_embedding`` (0 when tied),
     ``attention``, ``ffn``, ``norms`` (all layers plus the final norm), ``extra``, ``total``.
     """
+    m = as_spec(m)
     d, L = m.d_model, m.n_layers
     attn = d * m.d_attn + 2 * d * m.d_kv + m.d_attn * d
     if m.bias:
@@ -129,13 +133,13 @@ def param_breakdown(m: Transformer) -> dict[str, int]:
 EMBEDDING_PARTS = ("token_embedding", "position_embedding", "output_embedding")
 
 
-def param_count(m: Transformer, embeddings: bool = True) -> int:
+def param_count(m, embeddings: bool = True) -> int:
     """Exact number of parameters of ``m``.
 
     With ``embeddings=False`` the token, position and (untied) output embedding tables are left
     out: the non-embedding count N of Kaplan et al. (2020).
     """
-    parts = param_breakdown(as_spec(m))
-    if embeddings:
+    parts = param_breakdown(m)
+    if as_bool("embeddings", embeddings):
         return parts["total"]
     return parts["total"] - sum(parts[k] for k in EMBEDDING_PARTS)

@@ -6,7 +6,10 @@ GB means 1e9 bytes and GiB means 2**30 bytes; every printed figure names its uni
 from __future__ import annotations
 
 import math
+import numbers
 import re
+
+from numpy import bool_ as np_bool
 
 _SI = [(1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"),
        (1e6, "M"), (1e3, "k"), (1.0, "")]
@@ -17,12 +20,35 @@ _NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
 
 
 def _finite(name, x) -> float:
-    if isinstance(x, bool) or not isinstance(x, (int, float)) and not hasattr(x, "__float__"):
+    if isinstance(x, (bool, np_bool)) or not isinstance(x, numbers.Real):
         raise ValueError(f"{name} must be a number, got {x!r}")
-    x = float(x)
+    try:
+        x = float(x)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number >= 0, got a number too large for "
+                         "a float") from None
     if not math.isfinite(x) or x < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
     return x
+
+
+def _digits(digits) -> int:
+    if isinstance(digits, (bool, np_bool)) or not isinstance(digits, numbers.Integral) \
+            or not 1 <= digits <= 15:
+        raise ValueError(f"digits must be a whole number from 1 to 15, got {digits!r}")
+    return int(digits)
+
+
+def _switch(name, value) -> bool:
+    if not isinstance(value, (bool, np_bool)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _round(x: float, digits: int) -> float:
+    """``x`` rounded to ``digits`` significant figures: done before a unit is chosen, so that
+    999,999 bytes print as "1 MB", not "1e+03 kB"."""
+    return float(f"{x:.{digits}g}") if x else 0.0
 
 
 def _sig(x: float, digits: int) -> str:
@@ -30,14 +56,27 @@ def _sig(x: float, digits: int) -> str:
     return f"{x:.{digits}g}" if x < 10**digits else f"{x:.0f}"
 
 
+def _scaled(x: float, scales, digits: int):
+    """(mantissa text, unit) with the largest unit that keeps the rounded mantissa >= 1."""
+    for scale, unit in scales:
+        if _round(x / scale, digits) >= 1:
+            return _sig(_round(x / scale, digits), digits), unit
+    scale, unit = scales[-1]
+    return f"{_round(x / scale, digits):.{digits}g}", unit
+
+
 def format_flops(x, *, per_second: bool = False, digits: int = 3) -> str:
-    """3.14e23 -> "3.14e23 FLOPs"; with ``per_second``, 3.12e14 -> "312 TFLOP/s"."""
-    x = _finite("x", x)
-    if per_second:
-        scale, prefix = next(((s, p) for s, p in _SI if x >= s), (1.0, ""))
-        return f"{_sig(x / scale, digits)} {prefix}FLOP/s"
-    if x < 1e6:
-        return f"{_sig(x, digits) if x >= 1 else f'{x:.{digits}g}'} FLOPs"
+    """A FLOP count or rate as text: 3.14e23 -> "3.14e23 FLOPs"; with ``per_second``,
+    3.12e14 (FLOP/s) -> "312 TFLOP/s" (SI prefixes, powers of 1000).
+
+    ``digits`` is the number of significant figures (1 to 15).
+    """
+    x, digits = _finite("x", x), _digits(digits)
+    if _switch("per_second", per_second):
+        mantissa, prefix = _scaled(x, _SI, digits)
+        return f"{mantissa} {prefix}FLOP/s"
+    if _round(x, digits) < 1e6:
+        return f"{_sig(_round(x, digits), digits) if x >= 1 else f'{x:.{digits}g}'} FLOPs"
     mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
     return f"{mantissa}e{int(exponent)} FLOPs"
 
@@ -52,30 +91,38 @@ def power_of_ten(exponent: int) -> str:
 
 def format_sci(x, unit: str = "", *, digits: int = 3) -> str:
     """5.76e23 -> "5.76 × 10²³" (and "5.76 × 10²³ FLOPs" with ``unit="FLOPs"``), for prose."""
-    x = _finite("x", x)
+    x, digits = _finite("x", x), _digits(digits)
     mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
     return f"{mantissa} × {power_of_ten(exponent)}" + (f" {unit}" if unit else "")
 
 
+_COUNT_UNITS = [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1.0, "")]
+
+
 def format_count(x, *, digits: int = 3) -> str:
     """Parameters or tokens with the suffixes ``parse_quantity`` reads: 40.3e9 -> "40.3B"."""
-    x = _finite("x", x)
-    for scale, suffix in [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")]:
-        if x >= scale:
-            return f"{x / scale:.{digits}g}{suffix}"
-    return f"{x:.{digits}g}"
+    x, digits = _finite("x", x), _digits(digits)
+    mantissa, suffix = _scaled(x, _COUNT_UNITS, digits)
+    return f"{mantissa}{suffix}" if x >= 1 else f"{x:.{digits}g}"
 
 
 def format_bytes(x, binary: bool = False, *, digits: int = 3) -> str:
     """Bytes with a decimal (GB = 1e9) or, with ``binary``, a binary (GiB = 2**30) unit."""
-    x = _finite("x", x)
-    base, units = (1024.0, ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]) if binary else \
-        (1000.0, ["B", "kB", "MB", "GB", "TB", "PB"])
-    i = 0
-    while x >= base and i < len(units) - 1:
-        x /= base
-        i += 1
-    return f"{_sig(x, digits) if i else f'{x:.0f}'} {units[i]}"
+    x, digits = _finite("x", x), _digits(digits)
+    base, names = (1024.0, ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]) \
+        if _switch("binary", binary) else (1000.0, ["B", "kB", "MB", "GB", "TB", "PB"])
+    scales = [(base**i, u) for i, u in reversed(list(enumerate(names)))]
+    if _round(x, digits) < base:
+        return f"{x:.0f} B" if x >= 1 or x == 0 else f"{x:.{digits}g} B"
+    mantissa, unit = _scaled(x, scales, digits)
+    return f"{mantissa} {unit}"
+
+
+def format_rate(x, *, digits: int = 3) -> str:
+    """Bytes per second with SI prefixes: 3.35e12 -> "3.35 TB/s" (what ``parse_rate`` reads)."""
+    x, digits = _finite("x", x), _digits(digits)
+    mantissa, prefix = _scaled(x, _SI, digits)
+    return f"{mantissa} {prefix}B/s"
 
 
 _DURATIONS = [(365.25 * 86400, "years"), (86400, "days"), (3600, "h"), (60, "min"), (1, "s"),
@@ -83,12 +130,13 @@ _DURATIONS = [(365.25 * 86400, "years"), (86400, "days"), (3600, "h"), (60, "min
 
 
 def format_duration(seconds, *, digits: int = 3) -> str:
-    """Seconds in the largest unit that keeps the number >= 1: 1.16e6 -> "13.4 days"."""
-    s = _finite("seconds", seconds)
+    """Seconds in the largest unit that keeps the rounded number >= 1: 1.16e6 -> "13.4 days",
+    59.9996 -> "1 min"."""
+    s, digits = _finite("seconds", seconds), _digits(digits)
     if s == 0:
         return "0 s"
-    scale, unit = next(((v, u) for v, u in _DURATIONS if s >= v), _DURATIONS[-1])
-    return f"{_sig(s / scale, digits)} {unit}"
+    mantissa, unit = _scaled(s, _DURATIONS, digits)
+    return f"{mantissa} {unit}"
 
 
 def parse_quantity(text) -> float:
@@ -110,3 +158,29 @@ def parse_bytes(text) -> float:
                          "B, kB, MB, GB, TB, PB (powers of 1000) or KiB, MiB, GiB, TiB, PiB "
                          "(powers of 1024)")
     return _finite("text", float(m.group(1)) * _BYTE_UNITS[m.group(2).upper()])
+
+
+def _per_second(text, what: str, units: dict, example: str) -> float:
+    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]*)\s*(?:/\s*s|ps)", str(text).strip())
+    unit = m.group(2).upper() if m else None
+    if unit not in units:
+        raise ValueError(f"cannot read {text!r} as {what}: write a number and a unit per "
+                         f"second, e.g. {example}")
+    return _finite("text", float(m.group(1)) * units[unit])
+
+
+_SI_PREFIX = {p.upper(): s for s, p in _SI}
+_RATE_UNITS = {f"{prefix}B": scale for prefix, scale in _SI_PREFIX.items()} | {
+    "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_FLOP_RATE_UNITS = {f"{prefix}FLOP": scale for prefix, scale in _SI_PREFIX.items()} | {
+    f"{prefix}FLOPS": scale for prefix, scale in _SI_PREFIX.items()}
+
+
+def parse_rate(text) -> float:
+    """A bandwidth such as "3.35 TB/s", "900GB/s" or "50 GiB/s" -> bytes per second."""
+    return _per_second(text, "a bandwidth", _RATE_UNITS, "'3.35 TB/s' or '900 GB/s'")
+
+
+def parse_flop_rate(text) -> float:
+    """A compute rate such as "989 TFLOP/s" or "312 TFLOPS/s" -> FLOP/s."""
+    return _per_second(text, "a FLOP rate", _FLOP_RATE_UNITS, "'989 TFLOP/s'")

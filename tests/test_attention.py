@@ -143,8 +143,8 @@ def test_crossover_bad_options(kwargs, word):
         assert "'projections'" in str(info.value) and "'layer'" in str(info.value)
 
 
-@pytest.mark.parametrize("bad", [0, -768, 768.5, np.nan, np.inf, "768", None, True,
-                                 np.array([768, 0])])
+@pytest.mark.parametrize("bad", [0, -768, 768.5, np.nan, np.inf, ["768"], "seven", None, True,
+                                 1 + 2j, np.array([768, 0])])
 def test_crossover_bad_d_model(bad):
     with pytest.raises(ValueError, match="m_or_d_model"):
         fb.crossover_seq_len(bad)

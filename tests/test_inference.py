@@ -62,16 +62,17 @@ def test_kv_cache_bytes_broadcasts():
 @pytest.mark.parametrize("kwargs, word", [
     (dict(batch=0, seq_len=1), "batch"), (dict(batch=1, seq_len=1.5), "seq_len"),
     (dict(batch=1, seq_len=1, bytes_per_value=-1), "bytes_per_value"),
-    (dict(batch="2", seq_len=1), "batch"), (dict(batch=1, seq_len=np.nan), "seq_len"),
+    (dict(batch=["2"], seq_len=1), "batch"), (dict(batch=1, seq_len=np.nan), "seq_len"),
 ])
 def test_kv_cache_bytes_errors(kwargs, word):
     with pytest.raises(ValueError, match=word):
         fb.kv_cache_bytes(TOY, **kwargs)
 
 
-def test_kv_cache_bytes_needs_a_transformer():
-    with pytest.raises(ValueError, match="Transformer"):
-        fb.kv_cache_bytes("gpt2-small", 1, 1)
+def test_kv_cache_bytes_takes_a_transformer_or_a_name():
+    assert fb.kv_cache_bytes("gpt2-small", 1, 1) == fb.kv_cache_bytes(fb.model("gpt2-small"), 1, 1)
+    with pytest.raises(ValueError, match="m must be a Transformer or a model name"):
+        fb.kv_cache_bytes(["gpt2-small"], 1, 1)
 
 
 # --- generation_flops ---------------------------------------------------------------------------
@@ -308,7 +309,7 @@ def test_max_batch_broadcasts():
     (dict(context=5, bytes_per_param=0), "bytes_per_param"),
     (dict(context=5, kv_bytes_per_value=-1), "kv_bytes_per_value"),
     (dict(context=5, n_devices=0), "n_devices"), (dict(context=5, n_devices=1.5), "n_devices"),
-    (dict(context="5"), "context"),
+    (dict(context=["5"]), "context"), (dict(context="5 tokens"), "context"),
 ])
 def test_max_batch_errors(kwargs, word):
     with pytest.raises(ValueError, match=word):
@@ -316,8 +317,8 @@ def test_max_batch_errors(kwargs, word):
 
 
 def test_max_batch_needs_a_model_and_hardware():
-    with pytest.raises(ValueError, match="Transformer"):
-        max_batch("llama2-7b", TOY_HW, 5)
+    with pytest.raises(ValueError, match="m: unknown model name"):
+        max_batch("llama-2-7b", TOY_HW, 5)
     with pytest.raises(ValueError, match="hardware"):
         max_batch(TOY, "a100", 5)
 

@@ -81,7 +81,7 @@ def test_training_memory_is_frozen_and_float():
 
 @pytest.mark.parametrize("kwargs, word", [
     (dict(n_params=0), "n_params"), (dict(n_params=-1.0), "n_params"),
-    (dict(n_params=float("nan")), "n_params"), (dict(n_params="7B"), "n_params"),
+    (dict(n_params=float("nan")), "n_params"), (dict(n_params=["7B"]), "n_params"),
     (dict(n_devices=1.5), "n_devices"), (dict(n_devices=0), "n_devices"),
     (dict(precision="fp8"), "precision"), (dict(optimizer="adagrad"), "optimizer"),
     (dict(zero_stage=4), "zero_stage"), (dict(zero_stage=True), "zero_stage"),
@@ -181,7 +181,7 @@ def test_activation_memory_broadcasts():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(m="gpt3-175b"), "m must be a Transformer"), (dict(batch=0), "batch"),
+    (dict(m=["gpt3-175b"]), "m must be a Transformer or a model name"), (dict(batch=0), "batch"),
     (dict(seq_len=1.5), "seq_len"), (dict(seq_len=-4), "seq_len"),
     (dict(recompute="partial"), "recompute"), (dict(recompute=True), "recompute"),
     (dict(tensor_parallel=0), "tensor_parallel"), (dict(tensor_parallel=2.5), "tensor_parallel"),
@@ -227,42 +227,78 @@ def test_reference_saved_tensors_exactly(m, recompute):
     assert stats == (0 if recompute else m.n_layers * 2 * per_norm * b * s * 8)
 
 
-# --- the calculator's budget ----------------------------------------------------------------
+# --- memory_budget: will it fit? -------------------------------------------------------------
 
-def test_budget_largest_batch_is_the_boundary():
-    from flopsbook.viz.memory import budget
+A100 = fb.hardware("a100-80gb")
 
+
+def test_largest_micro_batch_is_the_boundary():
     m = fb.model("gpt2-medium")
     for kwargs in (dict(), dict(recompute="full"), dict(recompute="selective"),
-                   dict(recompute="selective", dropout=False),
-                   dict(flash_attention=True, zero_stage=2, n_devices=4)):
-        bud = budget(m, 1, 1024, **kwargs)
-        b_max = bud["largest_batch"]
+                   dict(recompute="selective", dropout=False), dict(buffers=0.1),
+                   dict(flash_attention=True, zero_stage=2, n_devices=4), dict(buffers="2GB")):
+        b_max = fb.largest_micro_batch(m, 1024, A100, **kwargs)
         assert b_max >= 1
-        assert budget(m, b_max, 1024, **kwargs)["total"] <= bud["device_bytes"]
-        assert budget(m, b_max + 1, 1024, **kwargs)["total"] > bud["device_bytes"]
+        assert fb.memory_budget(m, b_max, 1024, **kwargs).fits(A100)
+        assert not fb.memory_budget(m, b_max + 1, 1024, **kwargs).fits("a100-80gb")
     # States of 16 bytes/param plus one layer's working set under full recomputation.
-    bud = budget(m, 2, 1024, recompute="full")
-    assert bud["parts"]["recompute_working_set"] == fb.activation_memory(m, 2, 1024) / m.n_layers
-    assert np.isclose(sum(bud["parts"][k] for k in ("weights", "master_weights", "gradients",
-                                                    "optimizer_states")),
+    bud = fb.memory_budget(m, 2, 1024, recompute="full")
+    assert bud.recompute_working_set == fb.activation_memory(m, 2, 1024) / m.n_layers
+    assert np.isclose(bud.weights + bud.master_weights + bud.gradients + bud.optimizer_states,
                       16 * fb.param_count(m))
 
 
-def test_budget_nothing_fits():
-    from flopsbook.viz.memory import budget
+def test_memory_budget_nothing_fits():
+    assert fb.largest_micro_batch(GPT3, 2048, A100) == 0
+    assert not fb.memory_budget(GPT3, 1, 2048).fits(A100)
 
-    assert budget(GPT3, 1, 2048)["largest_batch"] == 0
+
+def test_memory_budget_logits_and_buffers_by_hand():
+    m, b, s = fb.model("gpt2-medium"), 3, 1024
+    # fp32 logits: b*s*V values of 4 bytes; split over the vocabulary by tensor parallelism.
+    assert fb.memory_budget(m, b, s).logits == b * s * 50257 * 4
+    assert fb.memory_budget(m, b, s, logits_dtype="bf16").logits == b * s * 50257 * 2
+    assert fb.memory_budget(m, b, s, logits_dtype=None).logits == 0
+    assert fb.memory_budget(m, b, s, tensor_parallel=2, n_devices=2).logits == b * s * 50257 * 2
+    # Buffers: a fraction of the rest, or bytes.
+    plain = fb.memory_budget(m, b, s)
+    assert np.isclose(fb.memory_budget(m, b, s, buffers=0.25).total, 1.25 * plain.total)
+    assert fb.memory_budget(m, b, s, buffers="1GB").buffers == 1e9
+    assert fb.memory_budget(m, b, s, buffers=5e8).buffers == 5e8
+    # Tensor parallelism splits the states t ways; ZeRO shards over the n/t data-parallel copies.
+    tp = fb.memory_budget(m, b, s, tensor_parallel=4, n_devices=8, zero_stage=3)
+    assert np.isclose(tp.optimizer_states, 8 * fb.param_count(m) / 4 / 2)
+    d = plain.as_dict()
+    assert set(d) == {"weights", "master_weights", "gradients", "optimizer_states",
+                      "activations", "recompute_working_set", "logits", "buffers", "total"}
+    assert np.isclose(d["total"], sum(v for k, v in d.items() if k != "total"))
 
 
-def test_budget_recompute_working_sets_by_hand():
-    from flopsbook.viz.memory import budget
+def test_memory_budget_broadcasts():
+    m = fb.model("gpt2-small")
+    bud = fb.memory_budget(m, [1, 2, 4], 512)
+    assert bud.total.shape == (3,) and bud.weights.shape == (3,)
+    assert np.allclose(bud.total, [fb.memory_budget(m, b, 512).total for b in (1, 2, 4)])
+    assert bud.fits(A100).tolist() == [True, True, True]
 
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(tensor_parallel=3, n_devices=8), "tensor_parallel"),
+    (dict(logits_dtype="fp8"), "logits_dtype"), (dict(buffers=-1), "buffers"),
+    (dict(buffers="lots"), "buffers"), (dict(recompute="some"), "recompute"),
+    (dict(zero_stage=np.array([1, 2])), "zero_stage"), (dict(n_params=["7B"]), "n_params"),
+])
+def test_memory_budget_errors(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        fb.memory_budget("gpt2-small", 1, 512, **kwargs)
+
+
+def test_memory_budget_recompute_working_sets_by_hand():
     # gpt2-medium: L = 24, h = 1024, a = 16; b = 2, s = 1024; 16-bit values, 1-byte masks.
     m, b, s = fb.model("gpt2-medium"), 2, 1024
     sbh_, as2b = s * b * 1024, 16 * s * s * b
-    work = lambda **kw: budget(m, b, s, **kw)["parts"]["recompute_working_set"]
-    acts = lambda **kw: budget(m, b, s, **kw)["parts"]["activations"]
+    work = lambda **kw: fb.memory_budget(m, b, s, **kw).recompute_working_set
+    acts = lambda **kw: fb.memory_budget(m, b, s, **kw).activations
     # Selective: the layer being differentiated rebuilds its s^2 tensors, softmax output (2),
     # dropout mask (1) and dropout output (2): 5as^2b bytes; without dropout 2as^2b.
     assert work(recompute="selective") == 5 * as2b
@@ -276,8 +312,9 @@ def test_budget_recompute_working_sets_by_hand():
     assert work(recompute="full", dropout=False) == 2 * (16 * sbh_ + as2b)
     assert work(recompute="full", flash_attention=True, dropout=False) == 2 * 16 * sbh_
     assert work() == 0 and acts(dropout=False) == 24 * 2 * (16 * sbh_ + as2b)
-    # The working set counts against the largest batch: one sequence costs layers + one layer.
-    per_seq = 24 * 34 * s * 1024 + 5 * 16 * s * s
+    # The working set counts against the largest batch: one sequence costs layers + one layer
+    # (and its fp32 logits).
+    per_seq = 24 * 34 * s * 1024 + 5 * 16 * s * s + s * 50257 * 4
     states = 16 * fb.param_count(m)
-    assert budget(m, 1, s, recompute="selective")["largest_batch"] == \
-        int((fb.hardware("a100-80gb").memory_bytes - states) // per_seq)
+    assert fb.largest_micro_batch(m, s, A100, recompute="selective") == \
+        int((A100.memory_bytes - states) // per_seq)

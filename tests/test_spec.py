@@ -109,6 +109,7 @@ def test_bad_spec_raises_naming_the_field(field, value, message):
         Transformer(**{**BASE, field: value})
 
 
-def test_param_count_rejects_non_spec():
-    with pytest.raises(ValueError, match="m must be a Transformer"):
-        fb.param_count("gpt2-small")
+def test_param_count_takes_a_spec_or_a_name():
+    assert fb.param_count("gpt2-small") == fb.param_count(fb.model("gpt2-small"))
+    with pytest.raises(ValueError, match="m must be a Transformer or a model name"):
+        fb.param_count(["gpt2-small"])
