@@ -115,9 +115,18 @@ def as_fraction(name: str, value) -> np.ndarray:
     return as_array(name, value, upper=1.0)
 
 
-def result(arr):
-    """0-d results come back as numpy float64 scalars (a ``float``), others as arrays."""
+def result(arr, *, allow_inf: bool = False):
+    """0-d results come back as numpy float64 scalars (a ``float``), others as arrays.
+
+    A result beyond float64 (inputs near 1e308 multiplied together) is a ``ValueError``, not an
+    ``inf`` that turns into NaN downstream; ``allow_inf`` is for formulas whose ``inf`` means
+    something (an unreachable loss needs infinitely many tokens).
+    """
     arr = np.asarray(arr, dtype=np.float64)
+    bad = np.isnan(arr) if allow_inf else ~np.isfinite(arr)
+    if bad.any():
+        raise ValueError("the result overflows float64 (about 1.8e308): the inputs are too "
+                         "large for this formula; check their magnitudes and units")
     return arr[()] if arr.ndim == 0 else arr
 
 
@@ -163,7 +172,7 @@ def as_spec(m, name: str = "m"):
     if isinstance(m, str):
         return _lookup("model", m, _MODELS, name)
     raise ValueError(f"{name} must be a Transformer or a model name (one of "
-                     f"{', '.join(_MODELS)}), got {m!r}")
+                     f"{', '.join(_MODELS)}), got {shown(m)}")
 
 
 def as_hardware(hardware, name: str = "hardware"):
@@ -175,7 +184,7 @@ def as_hardware(hardware, name: str = "hardware"):
     if isinstance(hardware, str):
         return _lookup("hardware", hardware, _HARDWARE, name)
     raise ValueError(f"{name} must be a Hardware or a hardware name (one of "
-                     f"{', '.join(_HARDWARE)}), got {hardware!r}")
+                     f"{', '.join(_HARDWARE)}), got {shown(hardware)}")
 
 
 def as_peak(name: str, value, dtype=None) -> np.ndarray:

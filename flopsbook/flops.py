@@ -201,10 +201,6 @@ def hfu(tokens_per_second, hardware_flops_per_token, n_devices, peak_flops_per_d
 CROSSOVER_AGAINST = ("projections", "layer")
 
 
-def _models():
-    from .registry import _MODELS
-    return _MODELS
-
 
 def _layer_coefficients(m):
     """Per-token FLOPs of the projections and of the FFN, and attention FLOPs per (query, key)
@@ -242,8 +238,11 @@ def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
     """
     choice("against", against, CROSSOVER_AGAINST)
     causal = as_bool("causal", causal)
-    if isinstance(m_or_d_model, str) and m_or_d_model.strip() in _models():
-        m_or_d_model = as_spec(m_or_d_model.strip(), "m_or_d_model")
+    if isinstance(m_or_d_model, str):
+        try:  # a d_model written as text ("4k"), else a model name
+            m_or_d_model = as_array("m_or_d_model", m_or_d_model, integer=True, kind="count")
+        except ValueError:
+            m_or_d_model = as_spec(m_or_d_model.strip(), "m_or_d_model")
     if isinstance(m_or_d_model, Transformer):
         projections, ffn, per_pair = _layer_coefficients(m_or_d_model)
         per_token = projections + (ffn if against == "layer" else 0)

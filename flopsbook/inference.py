@@ -180,7 +180,7 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
     headroom = h.bandwidth * flops_per_seq / peak - kv_per_seq
     with np.errstate(divide="ignore"):
         b = np.where(headroom > 0, weight_bytes / np.where(headroom > 0, headroom, 1.0), np.inf)
-    return result(b + 0 * n)
+    return result(b + 0 * n, allow_inf=True)
 
 
 def max_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2, n_devices=1):

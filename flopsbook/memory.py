@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ._validate import as_array, as_bool, as_spec, choice, result
+from ._validate import as_array, as_bool, as_spec, choice, result, shown
 
 # Bytes per value of each storage format.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -297,8 +297,8 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
     devices = as_array("n_devices", n_devices, integer=True, kind="count")
     tp = as_array("tensor_parallel", tensor_parallel, integer=True, kind="count")
     if np.any(devices % tp):
-        raise ValueError(f"tensor_parallel={tensor_parallel!r} must divide "
-                         f"n_devices={n_devices!r} (the devices the job spans)")
+        raise ValueError(f"tensor_parallel={shown(tensor_parallel)} must divide "
+                         f"n_devices={shown(n_devices)} (the devices the job spans)")
     choice("recompute", recompute, RECOMPUTE)
     if logits_dtype is not None:
         choice("logits_dtype", logits_dtype, LOGITS_DTYPES)
@@ -321,11 +321,9 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
                  gradients=states.gradients, optimizer_states=states.optimizer_states,
                  activations=layers, recompute_working_set=working, logits=logits)
     others = sum(np.asarray(v, dtype=np.float64) for v in parts.values())
-    shape = np.shape(others)
-    full = {k: result(np.broadcast_to(np.asarray(v, dtype=np.float64), shape))
-            for k, v in parts.items()}
-    return MemoryBudget(**full, buffers=result(np.broadcast_to(_buffers(buffers, others),
-                                                                shape)))
+    parts["buffers"] = _buffers(buffers, others)
+    full = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in parts.values()))
+    return MemoryBudget(**{k: result(v) for k, v in zip(parts, full)})
 
 
 def largest_micro_batch(m, seq_len, hardware, **budget_kwargs):
@@ -337,7 +335,11 @@ def largest_micro_batch(m, seq_len, hardware, **budget_kwargs):
     from ._validate import as_hardware
 
     device = as_hardware(hardware).memory_bytes
-    zero = memory_budget(m, 1, seq_len, **budget_kwargs)
+    zero = memory_budget(m, 1, seq_len, **budget_kwargs)      # validates every argument
+    for name, value in [("seq_len", seq_len)] + sorted(budget_kwargs.items()):
+        if isinstance(value, (list, tuple, np.ndarray)):  # one answer per call: scalar search
+            raise ValueError(f"{name} must be a single value for largest_micro_batch, got "
+                             f"{shown(value)}")
     two = memory_budget(m, 2, seq_len, **budget_kwargs)
     per_sequence = float(two.total - zero.total)
     fixed = float(zero.total) - per_sequence

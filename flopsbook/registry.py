@@ -129,10 +129,11 @@ class Hardware:
         for dtype, value in peaks.items():
             if not isinstance(dtype, str):
                 raise ValueError(f"Hardware.peak_flops keys must be dtype names, got {dtype!r}")
-            checked[dtype] = float(as_array(f"Hardware.peak_flops[{dtype!r}]", value))
+            checked[dtype] = float(as_array(f"Hardware.peak_flops[{dtype!r}]", value,
+                                            kind="flop_rate"))
         set_(self, "peak_flops", MappingProxyType(checked))
-        for f in ("memory_bytes", "bandwidth"):
-            set_(self, f, float(as_array(f"Hardware.{f}", getattr(self, f))))
+        for f, kind in (("memory_bytes", "bytes"), ("bandwidth", "rate")):
+            set_(self, f, float(as_array(f"Hardware.{f}", getattr(self, f), kind=kind)))
         if "bf16" not in checked and "fp16" not in checked:
             raise ValueError("Hardware.peak_flops needs a 16-bit peak ('bf16' or 'fp16'): the "
                              f"book's default peak; got {', '.join(checked)}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_array, result
+from ._validate import as_array, result, shown
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def scaling_fit(fit) -> ScalingFit:
     if isinstance(fit, str) and fit in _FITS:
         return _FITS[fit]
     options = " | ".join(repr(name) for name in _FITS)
-    raise ValueError(f"fit must be one of {options} (or a ScalingFit), got {fit!r}")
+    raise ValueError(f"fit must be one of {options} (or a ScalingFit), got {fit!r:.60}")
 
 
 def scaling_fits() -> list[str]:
@@ -119,7 +119,7 @@ def tokens_for_loss(n_params, loss, fit="hoffmann2022"):
     reachable = gap > 0
     with np.errstate(over="ignore"):                 # a gap near 0 needs ~inf tokens: inf is right
         d = (f.B / np.where(reachable, gap, 1.0)) ** (1.0 / f.beta)
-    return result(np.where(reachable, d, np.inf))
+    return result(np.where(reachable, d, np.inf), allow_inf=True)
 
 
 def _loss_law(fit) -> ScalingFit:
@@ -197,15 +197,19 @@ def inference_aware_optimal(loss, inference_tokens, fit="hoffmann2022"):
             up = slope(mid) > 0  # the lifetime cost rises past mid: the root is below it
             hi, lo = np.where(up, mid, hi), np.where(up, lo, mid)
     n = np.exp(hi)
+    if np.any(ok & ~(n >= 1)):
+        raise ValueError(f"loss={shown(loss)} is so high that a model of under one parameter "
+                         "reaches it: the law says nothing there (losses are cross-entropy "
+                         "per token, a few nats)")
     d = np.asarray(tokens_for_loss(n, np.where(ok, target, f.E + 1.0), f))
     d_chin = np.asarray(tokens_for_loss(n_chin, np.where(ok, target, f.E + 1.0), f))
     flops = 6 * n * d + 2 * n * d_inf
     flops_chin = 6 * n_chin * d_chin + 2 * n_chin * d_inf
-    inf = np.inf
+    def field(values, unreachable=np.inf):
+        return result(np.where(ok, values, unreachable), allow_inf=True)
+
     return InferenceAwareOptimum(
-        n_params=result(np.where(ok, n, inf)), n_tokens=result(np.where(ok, d, inf)),
-        flops=result(np.where(ok, flops, inf)),
-        chinchilla_n_params=result(np.where(ok, n_chin, inf)),
-        chinchilla_n_tokens=result(np.where(ok, d_chin, inf)),
-        chinchilla_flops=result(np.where(ok, flops_chin, inf)),
-        flops_saved=result(np.where(ok, np.maximum(flops_chin - flops, 0.0), 0.0)))
+        n_params=field(n), n_tokens=field(d), flops=field(flops),
+        chinchilla_n_params=field(n_chin), chinchilla_n_tokens=field(d_chin),
+        chinchilla_flops=field(flops_chin),
+        flops_saved=field(np.maximum(flops_chin - flops, 0.0), 0.0))

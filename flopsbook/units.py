@@ -21,27 +21,27 @@ _NUMBER = r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)"
 
 def _finite(name, x) -> float:
     if isinstance(x, (bool, np_bool)) or not isinstance(x, numbers.Real):
-        raise ValueError(f"{name} must be a number, got {x!r}")
+        raise ValueError(f"{name} must be a number, got {x!r:.60}")
     try:
         x = float(x)
     except OverflowError:
         raise ValueError(f"{name} must be a finite number >= 0, got a number too large for "
                          "a float") from None
     if not math.isfinite(x) or x < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {x!r}")
+        raise ValueError(f"{name} must be a finite number >= 0, got {x!r:.60}")
     return x
 
 
 def _digits(digits) -> int:
     if isinstance(digits, (bool, np_bool)) or not isinstance(digits, numbers.Integral) \
             or not 1 <= digits <= 15:
-        raise ValueError(f"digits must be a whole number from 1 to 15, got {digits!r}")
+        raise ValueError(f"digits must be a whole number from 1 to 15, got {digits!r:.60}")
     return int(digits)
 
 
 def _switch(name, value) -> bool:
     if not isinstance(value, (bool, np_bool)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
+        raise ValueError(f"{name} must be True or False, got {value!r:.60}")
     return bool(value)
 
 
@@ -92,6 +92,8 @@ def power_of_ten(exponent: int) -> str:
 def format_sci(x, unit: str = "", *, digits: int = 3) -> str:
     """5.76e23 -> "5.76 × 10²³" (and "5.76 × 10²³ FLOPs" with ``unit="FLOPs"``), for prose."""
     x, digits = _finite("x", x), _digits(digits)
+    if not isinstance(unit, str):
+        raise ValueError(f"unit must be a str such as 'FLOPs', got {unit!r:.60}")
     mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
     return f"{mantissa} × {power_of_ten(exponent)}" + (f" {unit}" if unit else "")
 
@@ -139,32 +141,38 @@ def format_duration(seconds, *, digits: int = 3) -> str:
     return f"{mantissa} {unit}"
 
 
+def _str(text, example: str) -> str:
+    if not isinstance(text, str):
+        raise ValueError(f"text must be a str such as {example}, got {text!r:.60}")
+    return text.strip()
+
+
 def parse_quantity(text) -> float:
     """A count such as "175B", "1.4T", "6.7e9" or "82 B" -> float (K, M, B/G, T suffixes)."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return _finite("text", text)
-    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]?)", str(text).strip())
+    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]?)", _str(text, "'175B'"))
     if not m or m.group(2).upper() not in _COUNT_SUFFIX:
-        raise ValueError(f"cannot read {text!r} as a count: write a number with an optional "
+        raise ValueError(f"cannot read {text!r:.60} as a count: write a number with an optional "
                          f"suffix K, M, B (or G) or T, e.g. '175B' or '1.4T'")
     return _finite("text", float(m.group(1)) * _COUNT_SUFFIX[m.group(2).upper()])
 
 
 def parse_bytes(text) -> float:
     """A size such as "80GiB", "141 GB", "512MiB" or "2TB" -> bytes (GB = 1e9, GiB = 2**30)."""
-    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]+)", str(text).strip())
+    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]+)", _str(text, "'80GiB'"))
     if not m or m.group(2).upper() not in _BYTE_UNITS:
-        raise ValueError(f"cannot read {text!r} as a size: write a number and a unit, one of "
+        raise ValueError(f"cannot read {text!r:.60} as a size: write a number and a unit, one of "
                          "B, kB, MB, GB, TB, PB (powers of 1000) or KiB, MiB, GiB, TiB, PiB "
                          "(powers of 1024)")
     return _finite("text", float(m.group(1)) * _BYTE_UNITS[m.group(2).upper()])
 
 
 def _per_second(text, what: str, units: dict, example: str) -> float:
-    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]*)\s*(?:/\s*s|ps)", str(text).strip())
+    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]*)\s*(?:/\s*s|ps)", _str(text, example))
     unit = m.group(2).upper() if m else None
     if unit not in units:
-        raise ValueError(f"cannot read {text!r} as {what}: write a number and a unit per "
+        raise ValueError(f"cannot read {text!r:.60} as {what}: write a number and a unit per "
                          f"second, e.g. {example}")
     return _finite("text", float(m.group(1)) * units[unit])
 

@@ -1,0 +1,340 @@
+"""The ``flopsbook`` command line: the book's formulas for a planned training run or server.
+
+    flopsbook train llama3-8b --tokens 15T --hardware h100-sxm --devices 1024 --mfu 0.4
+    flopsbook memory llama2-7b --seq-len 4k --hardware a100-80gb --devices 8 --zero-stage 3
+    flopsbook serve llama2-7b --hardware h100-sxm --context 4k --batch 32 --price 2.5
+    flopsbook models
+    flopsbook hardware
+
+Every subcommand takes ``--json``. Counts and sizes ("15T", "4k", "2GB") go to the formulas as
+typed, since the formulas read text quantities themselves; their ``ValueError`` is reworded to
+name the option. Exit status: 0, 1 when a serving batch does not fit, 2 for a bad option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from contextlib import contextmanager
+
+import flopsbook as fb
+
+from ._validate import as_array
+from .units import format_bytes, format_count, format_duration, format_flops, format_rate
+
+GiB = 2**30
+
+
+class UsageError(Exception):
+    """A bad option or value, already worded for the user: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse would print its usage block first; one line naming the option is what a
+        # reader (or a script's log) needs, and -h still shows the usage.
+        raise UsageError(re.sub(r"^argument ", "", message))
+
+
+@contextmanager
+def _options(**names):
+    """Reword a flopsbook ``ValueError`` as a ``UsageError`` naming the option.
+
+    flopsbook's messages begin with the argument's name ("n_tokens: cannot read '15Q' ..."),
+    so ``names`` maps the formula's argument names to the options their values came from.
+    """
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+        word = re.match(r"\w+", message)
+        option = names.get(word.group() if word else "")
+        if option is None:
+            raise UsageError(message) from None
+        rest = message[word.end():]
+        if rest[:1] in (":", " "):
+            # The parsers in flopsbook.units call their argument "text": noise here.
+            rest = re.sub(r"^text (?=must)", "", rest.lstrip(": "))
+        else:
+            rest = message  # e.g. "tensor_parallel='3' must divide n_devices='8'": keep it whole
+        raise UsageError(f"{option}: {rest}") from None
+
+
+def _model(name):
+    with _options(name="MODEL"):
+        return fb.model(name)
+
+
+def _hardware(name):
+    with _options(name="--hardware"):
+        return fb.hardware(name)
+
+
+def number(text):
+    """argparse type for options the formulas take as plain numbers only (MFU, prices, bytes
+    per value); argparse names the option when ``float`` fails."""
+    return float(text)
+
+
+def fraction_or_size(text):
+    """``--buffers``: a bare number is a fraction (or bytes if >= 1), text such as "2GB" a size:
+    memory_budget reads both, but only if the number arrives as a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _price(value):
+    if value is None:
+        return None
+    with _options(price="--price"):
+        return float(as_array("price", value))
+
+
+def _finite(x):
+    """JSON has no infinity: a batch that is never compute-bound becomes null."""
+    return float(x) if math.isfinite(x) else None
+
+
+def _table(title, rows):
+    width = max(len(label) for label, _ in rows)
+    return "\n".join([title] + [f"  {label:<{width}}  {value}" for label, value in rows])
+
+
+def _gib(x):
+    return format_bytes(float(x), binary=True)
+
+
+# --- subcommands: each returns (JSON object, text, exit status) ---------------------------
+
+def _train(args):
+    m, hw = _model(args.model), _hardware(args.hardware)
+    price = _price(args.price)
+    with _options(n_tokens="--tokens"):
+        flops_6nd = float(fb.training_flops(m, args.tokens))
+    with _options(n_devices="--devices", mfu="--mfu", dtype="--dtype"):
+        seconds = float(fb.training_time(flops_6nd, args.devices, hw, args.mfu,
+                                         dtype=args.dtype))
+    # Both were checked by the formulas just above; the arithmetic below needs numbers.
+    tokens, devices = fb.parse_quantity(args.tokens), fb.parse_quantity(args.devices)
+    n = fb.param_count(m)
+    per_token = float(fb.flops_per_token(m))
+    peak = hw.peak_16bit if args.dtype is None else hw.peak(args.dtype)
+    device_hours = seconds / 3600 * devices
+    cost = None if price is None else device_hours * price
+    days = seconds / 86400
+    out = {"model": m.name, "params": n, "tokens": tokens, "flops_6nd": flops_6nd,
+           "matmul_flops_per_token": per_token, "matmul_context": m.seq_len,
+           "flops_matmul": per_token * tokens, "hardware": hw.name, "devices": int(devices),
+           "dtype": args.dtype, "peak_flops_per_device": peak, "mfu": args.mfu,
+           "seconds": seconds, "days": days, "device_hours": device_hours, "price": price,
+           "cost": cost}
+    when = f"{days:,.1f} days" if days >= 1 else f"{format_duration(seconds)} ({days:.2g} days)"
+    rows = [("parameters N", f"{format_count(n)} ({n:,})"),
+            ("tokens D", format_count(tokens)),
+            ("FLOPs, 6ND", f"{format_flops(flops_6nd)}  (6 x N x D: time and cost use it)"),
+            ("FLOPs, matmul count", f"{format_flops(per_token * tokens)}  (flops_per_token x D: "
+             f"every matmul, attention and logits too, at {m.seq_len:,} tokens of context)"),
+            ("time", f"{when}  (at {format_flops(peak, per_second=True)} per device)"),
+            ("device-hours", f"{device_hours:,.0f}")]
+    if cost is not None:
+        rows.append(("cost", f"${cost:,.0f} at ${price:,.2f} per device-hour"))
+    title = (f"Training {m.name} on {int(devices):,} x {hw.name} at {args.mfu:.0%} MFU")
+    return out, _table(title, rows), 0
+
+
+def _memory(args):
+    m, hw = _model(args.model), _hardware(args.hardware)
+    seq_len = m.seq_len if args.seq_len is None else args.seq_len
+    kwargs = dict(precision=args.precision, zero_stage=args.zero_stage, n_devices=args.devices,
+                  tensor_parallel=args.tensor_parallel,
+                  sequence_parallel=args.sequence_parallel, recompute=args.recompute,
+                  flash_attention=args.flash_attention, dropout=not args.no_dropout,
+                  buffers=args.buffers)
+    with _options(batch="--batch", seq_len="--seq-len", n_devices="--devices",
+                  tensor_parallel="--tensor-parallel", buffers="--buffers"):
+        budget = fb.memory_budget(m, args.batch, seq_len, **kwargs)
+        largest = fb.largest_micro_batch(m, seq_len, hw, **kwargs)
+    parts = {k: float(v) for k, v in budget.as_dict().items()}
+    fits = budget.fits(hw)
+    # The formulas checked these; JSON wants them as numbers.
+    batch, seq, devices, tp = (int(fb.parse_quantity(x)) for x in
+                               (args.batch, seq_len, args.devices, args.tensor_parallel))
+    out = {"model": m.name, "hardware": hw.name, "batch": batch, "seq_len": seq,
+           "devices": devices, "tensor_parallel": tp, "zero_stage": args.zero_stage,
+           "recompute": args.recompute, "precision": args.precision, "bytes": parts,
+           "device_memory": hw.memory_bytes, "fits": fits, "largest_micro_batch": largest}
+    rows = [(k.replace("_", " "), f"{_gib(v):>10}  ({v:,.0f} B)") for k, v in parts.items()]
+    rows += [("device memory", f"{_gib(hw.memory_bytes):>10}  ({hw.memory_bytes:,.0f} B)"),
+             ("fits", "yes" if fits else "no"),
+             ("largest micro-batch", f"{largest:,}" + ("" if largest else
+                                                       " (not even one sequence fits)"))]
+    title = (f"Training memory of {m.name} per device: micro-batch {batch:,} x {seq:,} "
+             f"tokens, {devices:,} x {hw.name}, ZeRO-"
+             f"{args.zero_stage}, recompute {args.recompute}, {args.precision} precision")
+    return out, _table(title, rows), 0
+
+
+def _serve(args):
+    m, hw = _model(args.model), _hardware(args.hardware)
+    price = _price(args.price)
+    context = m.seq_len if args.context is None else args.context
+    per_device = dict(bytes_per_param=args.weight_bytes, kv_bytes_per_value=args.kv_bytes,
+                      n_devices=args.devices)
+    with _options(batch="--batch", context="--context", seq_len="--context",
+                  n_devices="--devices", bytes_per_param="--weight-bytes",
+                  kv_bytes_per_value="--kv-bytes", bytes_per_value="--kv-bytes"):
+        kv_one = float(fb.kv_cache_bytes(m, 1, context, args.kv_bytes))
+        kv_all = float(fb.kv_cache_bytes(m, args.batch, context, args.kv_bytes))
+        most = int(fb.max_batch(m, hw, context, **per_device))
+        critical = float(fb.critical_batch(m, hw, context, **per_device))
+    batch, ctx = int(fb.parse_quantity(args.batch)), int(fb.parse_quantity(context))
+    devices = int(fb.parse_quantity(args.devices))
+    weights = fb.param_count(m) * args.weight_bytes
+    memory = devices * hw.memory_bytes
+    fits = batch <= most
+    out = {"model": m.name, "hardware": hw.name, "devices": devices, "batch": batch,
+           "context": ctx, "weight_bytes_per_param": args.weight_bytes,
+           "kv_bytes_per_value": args.kv_bytes, "weights_bytes": weights,
+           "kv_cache_bytes_per_sequence": kv_one, "kv_cache_bytes_batch": kv_all,
+           "device_memory": memory, "max_batch": most, "fits": fits,
+           "critical_batch": _finite(critical), "step_seconds": None,
+           "tokens_per_second": None, "bound": None, "price": price,
+           "dollars_per_million_tokens": None}
+    rows = [("weights", f"{_gib(weights)} ({args.weight_bytes:g} B per parameter)"),
+            ("KV cache per sequence", _gib(kv_one)),
+            (f"KV cache, batch of {batch:,}", _gib(kv_all)),
+            ("memory needed", f"{_gib(weights + kv_all)} of {_gib(memory)}"),
+            ("max batch", f"{most:,}")]
+    title = (f"Serving {m.name} on {devices:,} x {hw.name}: batch {batch:,}, context "
+             f"{ctx:,} tokens")
+    if not fits:
+        if weights >= memory:
+            why = f"the weights alone ({_gib(weights)}) do not fit"
+        elif most == 0:
+            why = "the weights leave no room for one sequence's KV cache"
+        else:
+            why = f"at most {most:,} sequences of {ctx:,} tokens fit beside the weights"
+        out["error"] = (f"does not fit: a batch of {batch:,} needs {_gib(weights + kv_all)} "
+                        f"on {devices:,} x {hw.name} ({_gib(memory)}); {why}. Lower --batch "
+                        "or --context, or add --devices")
+        return out, _table(title, rows), 1
+    step = fb.decode_step_time(m, hw, batch, context, **per_device)
+    out.update(step_seconds=float(step.time), tokens_per_second=float(step.tokens_per_second),
+               bound=step.bound)
+    rows += [("decode step", f"{format_duration(float(step.time))} ({step.bound}-bound)"),
+             ("throughput", f"{float(step.tokens_per_second):,.0f} tokens/s"),
+             ("critical batch", f"{critical:,.1f} (compute-bound from {math.ceil(critical):,} "
+              "sequences)" if math.isfinite(critical) else
+              "none (memory-bound at every batch at this context)")]
+    if price is not None:
+        cost = float(fb.serving_cost(m, hw, batch, context, price, **per_device))
+        out["dollars_per_million_tokens"] = cost
+        rows.append(("cost", f"${cost:,.3g} per million tokens at ${price:,.2f} per "
+                     "device-hour (decode roofline: a lower bound)"))
+    return out, _table(title, rows), 0
+
+
+def _models(args):
+    rows = [{"name": name, "params": fb.param_count(name), "source": fb.model(name).source}
+            for name in fb.models()]
+    text = [f"{'model':<16}{'parameters':>11}{'exact':>18}  source"]
+    text += [f"{r['name']:<16}{format_count(r['params']):>11}{r['params']:>18,}  {r['source']}"
+             for r in rows]
+    return {"models": rows}, "\n".join(text), 0
+
+
+def _hardwares(args):
+    rows = []
+    for name in fb.hardwares():
+        h = fb.hardware(name)
+        rows.append({"name": name, "memory_bytes": h.memory_bytes, "memory_gib": h.memory_bytes
+                     / GiB, "bandwidth": h.bandwidth, "peak_16bit": h.peak_16bit,
+                     "peak_16bit_dtype": "bf16" if "bf16" in h.peak_flops else "fp16",
+                     "source": h.source})
+    text = [f"{'hardware':<11}{'memory':>9}{'bandwidth':>12}{'16-bit peak':>20}  source"]
+    text += [f"{r['name']:<11}{r['memory_gib']:>5g} GiB{format_rate(r['bandwidth']):>12}"
+             f"{format_flops(r['peak_16bit'], per_second=True):>15} {r['peak_16bit_dtype']}"
+             f"  {r['source']}" for r in rows]
+    return {"hardware": rows}, "\n".join(text), 0
+
+
+def _parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object")
+    parser = _Parser(prog="flopsbook", description="The FLOPs Book's formulas: FLOPs, time, "
+                     "memory and serving cost of transformer language models.")
+    parser.add_argument("--version", action="version", version=f"flopsbook {fb.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name, run, help):
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(run=run)
+        if run in (_train, _memory, _serve):
+            p.add_argument("model", metavar="MODEL", help="a registry name (flopsbook models)")
+            p.add_argument("--hardware", required=True,
+                           help="a registry name (flopsbook hardware)")
+        return p
+
+    p = command("train", _train, "Training FLOPs, time, device-hours and cost.")
+    p.add_argument("--tokens", required=True, help="training tokens D, e.g. 15T")
+    p.add_argument("--devices", default="1", help="devices the job spans (default 1)")
+    p.add_argument("--mfu", type=number, required=True, help="model FLOPs utilisation, e.g. 0.4")
+    p.add_argument("--price", type=number, help="dollars per device-hour")
+    p.add_argument("--dtype", help="which peak of the hardware (default: its 16-bit peak)")
+
+    p = command("memory", _memory, "Per-device memory of one training step: will it fit?")
+    p.add_argument("--batch", default="1", help="micro-batch per device (default 1)")
+    p.add_argument("--seq-len", help="tokens per sequence, e.g. 4k (default: the model's)")
+    p.add_argument("--devices", default="1", help="devices the job spans (default 1)")
+    p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0)
+    p.add_argument("--recompute", choices=("none", "selective", "full"), default="none")
+    p.add_argument("--flash-attention", action="store_true")
+    p.add_argument("--no-dropout", action="store_true", help="models trained without dropout")
+    p.add_argument("--precision", choices=("mixed", "fp32", "bf16"), default="mixed")
+    p.add_argument("--tensor-parallel", default="1", help="tensor-parallel degree (default 1)")
+    p.add_argument("--sequence-parallel", action="store_true")
+    p.add_argument("--buffers", type=fraction_or_size, default=0.0,
+                   help="allowance: a fraction of the rest (0.1) or a size (2GB)")
+
+    p = command("serve", _serve, "KV cache, batch, decode speed and cost of serving.")
+    p.add_argument("--context", help="keys each new token attends to, e.g. 8k "
+                   "(default: the model's)")
+    p.add_argument("--batch", default="1", help="sequences decoded together (default 1)")
+    p.add_argument("--devices", default="1", help="tensor-parallel devices (default 1)")
+    p.add_argument("--price", type=number, help="dollars per device-hour")
+    p.add_argument("--weight-bytes", type=number, default=2.0,
+                   help="bytes per parameter (default 2; 1 for 8-bit, 0.5 for 4-bit)")
+    p.add_argument("--kv-bytes", type=number, default=2.0,
+                   help="bytes per KV cache value (default 2)")
+
+    command("models", _models, "The registry's models.")
+    command("hardware", _hardwares, "The registry's accelerators.")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the ``flopsbook`` command line.
+
+    Args:
+        argv: the arguments after the program name; ``None`` reads ``sys.argv[1:]``.
+
+    Returns:
+        The exit status: 0 on success, 1 when a serving batch does not fit, 2 for a bad
+        option or value (after one line on stderr naming it).
+    """
+    try:
+        args = _parser().parse_args(argv)
+        out, text, status = args.run(args)
+    except UsageError as err:
+        print(f"flopsbook: error: {err}".replace("\n", " "), file=sys.stderr)
+        return 2
+    # allow_nan=False: an infinity or NaN must fail here, not produce invalid JSON.
+    print(json.dumps(out, indent=2, allow_nan=False) if args.json else text)
+    if "error" in out:
+        print(f"flopsbook: {out['error']}", file=sys.stderr)
+    return status
