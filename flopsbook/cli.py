@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from contextlib import contextmanager
+
+import numpy as np
 
 import flopsbook as fb
 
@@ -109,6 +112,16 @@ def _gib(x):
     return format_bytes(float(x), binary=True)
 
 
+def _whole(x, decimals=0):
+    """1,024 for a reader; an absurd input's 1e+300 devices must not print 300 digits."""
+    return f"{x:,.{decimals}f}" if abs(x) < 1e15 else f"{x:.3g}"
+
+
+def _int(x):
+    """A whole count for JSON, as an int while a float64 holds it exactly."""
+    return int(x) if abs(x) < 2**53 else float(x)
+
+
 # --- subcommands: each returns (JSON object, text, exit status) ---------------------------
 
 def _train(args):
@@ -124,26 +137,26 @@ def _train(args):
     n = fb.param_count(m)
     per_token = float(fb.flops_per_token(m))
     peak = hw.peak_16bit if args.dtype is None else hw.peak(args.dtype)
-    device_hours = seconds / 3600 * devices
+    days, device_hours = seconds / 86400, seconds / 3600 * devices
     cost = None if price is None else device_hours * price
-    days = seconds / 86400
     out = {"model": m.name, "params": n, "tokens": tokens, "flops_6nd": flops_6nd,
            "matmul_flops_per_token": per_token, "matmul_context": m.seq_len,
-           "flops_matmul": per_token * tokens, "hardware": hw.name, "devices": int(devices),
+           "flops_matmul": per_token * tokens, "hardware": hw.name, "devices": _int(devices),
            "dtype": args.dtype, "peak_flops_per_device": peak, "mfu": args.mfu,
            "seconds": seconds, "days": days, "device_hours": device_hours, "price": price,
            "cost": cost}
-    when = f"{days:,.1f} days" if days >= 1 else f"{format_duration(seconds)} ({days:.2g} days)"
+    when = (f"{_whole(days)} days" if days >= 100 else f"{days:.3g} days" if days >= 1 else
+            format_duration(seconds))
     rows = [("parameters N", f"{format_count(n)} ({n:,})"),
             ("tokens D", format_count(tokens)),
             ("FLOPs, 6ND", f"{format_flops(flops_6nd)}  (6 x N x D: time and cost use it)"),
             ("FLOPs, matmul count", f"{format_flops(per_token * tokens)}  (flops_per_token x D: "
              f"every matmul, attention and logits too, at {m.seq_len:,} tokens of context)"),
             ("time", f"{when}  (at {format_flops(peak, per_second=True)} per device)"),
-            ("device-hours", f"{device_hours:,.0f}")]
+            ("device-hours", _whole(device_hours))]
     if cost is not None:
-        rows.append(("cost", f"${cost:,.0f} at ${price:,.2f} per device-hour"))
-    title = (f"Training {m.name} on {int(devices):,} x {hw.name} at {args.mfu:.0%} MFU")
+        rows.append(("cost", f"${_whole(cost)} at ${_whole(price, 2)} per device-hour"))
+    title = f"Training {m.name} on {_whole(devices)} x {hw.name} at MFU {args.mfu:g}"
     return out, _table(title, rows), 0
 
 
@@ -162,20 +175,21 @@ def _memory(args):
     parts = {k: float(v) for k, v in budget.as_dict().items()}
     fits = budget.fits(hw)
     # The formulas checked these; JSON wants them as numbers.
-    batch, seq, devices, tp = (int(fb.parse_quantity(x)) for x in
+    batch, seq, devices, tp = (fb.parse_quantity(x) for x in
                                (args.batch, seq_len, args.devices, args.tensor_parallel))
-    out = {"model": m.name, "hardware": hw.name, "batch": batch, "seq_len": seq,
-           "devices": devices, "tensor_parallel": tp, "zero_stage": args.zero_stage,
-           "recompute": args.recompute, "precision": args.precision, "bytes": parts,
-           "device_memory": hw.memory_bytes, "fits": fits, "largest_micro_batch": largest}
-    rows = [(k.replace("_", " "), f"{_gib(v):>10}  ({v:,.0f} B)") for k, v in parts.items()]
-    rows += [("device memory", f"{_gib(hw.memory_bytes):>10}  ({hw.memory_bytes:,.0f} B)"),
+    out = {"model": m.name, "hardware": hw.name, "batch": _int(batch), "seq_len": _int(seq),
+           "devices": _int(devices), "tensor_parallel": _int(tp),
+           "zero_stage": args.zero_stage, "recompute": args.recompute,
+           "precision": args.precision, "bytes": parts, "device_memory": hw.memory_bytes,
+           "fits": fits, "largest_micro_batch": largest}
+    rows = [(k.replace("_", " "), f"{_gib(v):>10}  ({_whole(v)} B)") for k, v in parts.items()]
+    rows += [("device memory", f"{_gib(hw.memory_bytes):>10}  ({_whole(hw.memory_bytes)} B)"),
              ("fits", "yes" if fits else "no"),
-             ("largest micro-batch", f"{largest:,}" + ("" if largest else
-                                                       " (not even one sequence fits)"))]
-    title = (f"Training memory of {m.name} per device: micro-batch {batch:,} x {seq:,} "
-             f"tokens, {devices:,} x {hw.name}, ZeRO-"
-             f"{args.zero_stage}, recompute {args.recompute}, {args.precision} precision")
+             ("largest micro-batch", _whole(largest) if largest else
+              "0 (not even one sequence fits)")]
+    title = (f"Training memory of {m.name} per device: micro-batch {_whole(batch)} x "
+             f"{_whole(seq)} tokens, {_whole(devices)} x {hw.name}, ZeRO-{args.zero_stage}, "
+             f"recompute {args.recompute}, {args.precision} precision")
     return out, _table(title, rows), 0
 
 
@@ -190,51 +204,50 @@ def _serve(args):
                   kv_bytes_per_value="--kv-bytes", bytes_per_value="--kv-bytes"):
         kv_one = float(fb.kv_cache_bytes(m, 1, context, args.kv_bytes))
         kv_all = float(fb.kv_cache_bytes(m, args.batch, context, args.kv_bytes))
-        most = int(fb.max_batch(m, hw, context, **per_device))
+        most = float(fb.max_batch(m, hw, context, **per_device))
         critical = float(fb.critical_batch(m, hw, context, **per_device))
-    batch, ctx = int(fb.parse_quantity(args.batch)), int(fb.parse_quantity(context))
-    devices = int(fb.parse_quantity(args.devices))
+    batch, ctx, devices = (fb.parse_quantity(x) for x in (args.batch, context, args.devices))
     weights = fb.param_count(m) * args.weight_bytes
     memory = devices * hw.memory_bytes
     fits = batch <= most
-    out = {"model": m.name, "hardware": hw.name, "devices": devices, "batch": batch,
-           "context": ctx, "weight_bytes_per_param": args.weight_bytes,
-           "kv_bytes_per_value": args.kv_bytes, "weights_bytes": weights,
-           "kv_cache_bytes_per_sequence": kv_one, "kv_cache_bytes_batch": kv_all,
-           "device_memory": memory, "max_batch": most, "fits": fits,
-           "critical_batch": _finite(critical), "step_seconds": None,
+    out = {"model": m.name, "hardware": hw.name, "devices": _int(devices),
+           "batch": _int(batch), "context": _int(ctx),
+           "weight_bytes_per_param": args.weight_bytes, "kv_bytes_per_value": args.kv_bytes,
+           "weights_bytes": weights, "kv_cache_bytes_per_sequence": kv_one,
+           "kv_cache_bytes_batch": kv_all, "device_memory": memory, "max_batch": _int(most),
+           "fits": fits, "critical_batch": _finite(critical), "step_seconds": None,
            "tokens_per_second": None, "bound": None, "price": price,
            "dollars_per_million_tokens": None}
     rows = [("weights", f"{_gib(weights)} ({args.weight_bytes:g} B per parameter)"),
             ("KV cache per sequence", _gib(kv_one)),
-            (f"KV cache, batch of {batch:,}", _gib(kv_all)),
+            ("KV cache, whole batch", _gib(kv_all)),
             ("memory needed", f"{_gib(weights + kv_all)} of {_gib(memory)}"),
-            ("max batch", f"{most:,}")]
-    title = (f"Serving {m.name} on {devices:,} x {hw.name}: batch {batch:,}, context "
-             f"{ctx:,} tokens")
+            ("max batch", _whole(most))]
+    title = (f"Serving {m.name} on {_whole(devices)} x {hw.name}: batch {_whole(batch)}, "
+             f"context {_whole(ctx)} tokens")
     if not fits:
         if weights >= memory:
             why = f"the weights alone ({_gib(weights)}) do not fit"
         elif most == 0:
             why = "the weights leave no room for one sequence's KV cache"
         else:
-            why = f"at most {most:,} sequences of {ctx:,} tokens fit beside the weights"
-        out["error"] = (f"does not fit: a batch of {batch:,} needs {_gib(weights + kv_all)} "
-                        f"on {devices:,} x {hw.name} ({_gib(memory)}); {why}. Lower --batch "
-                        "or --context, or add --devices")
+            why = f"at most {_whole(most)} sequences of {_whole(ctx)} tokens fit beside the weights"
+        out["error"] = (f"does not fit: a batch of {_whole(batch)} needs "
+                        f"{_gib(weights + kv_all)} on {_whole(devices)} x {hw.name} "
+                        f"({_gib(memory)}); {why}. Lower --batch or --context, or add --devices")
         return out, _table(title, rows), 1
     step = fb.decode_step_time(m, hw, batch, context, **per_device)
     out.update(step_seconds=float(step.time), tokens_per_second=float(step.tokens_per_second),
                bound=step.bound)
     rows += [("decode step", f"{format_duration(float(step.time))} ({step.bound}-bound)"),
-             ("throughput", f"{float(step.tokens_per_second):,.0f} tokens/s"),
-             ("critical batch", f"{critical:,.1f} (compute-bound from {math.ceil(critical):,} "
-              "sequences)" if math.isfinite(critical) else
+             ("throughput", f"{_whole(float(step.tokens_per_second))} tokens/s"),
+             ("critical batch", f"{critical:,.1f} (compute-bound from "
+              f"{_whole(math.ceil(critical))} sequences)" if math.isfinite(critical) else
               "none (memory-bound at every batch at this context)")]
     if price is not None:
         cost = float(fb.serving_cost(m, hw, batch, context, price, **per_device))
         out["dollars_per_million_tokens"] = cost
-        rows.append(("cost", f"${cost:,.3g} per million tokens at ${price:,.2f} per "
+        rows.append(("cost", f"${cost:,.3g} per million tokens at ${_whole(price, 2)} per "
                      "device-hour (decode roofline: a lower bound)"))
     return out, _table(title, rows), 0
 
@@ -329,12 +342,23 @@ def main(argv=None) -> int:
     """
     try:
         args = _parser().parse_args(argv)
-        out, text, status = args.run(args)
-    except UsageError as err:
+        # flopsbook reports an overflow itself, as a ValueError; numpy's warning would be a
+        # second line on stderr.
+        with np.errstate(all="ignore"):
+            out, text, status = args.run(args)
+        # allow_nan=False: an infinity or NaN must fail here, not produce invalid JSON.
+        shown = json.dumps(out, indent=2, allow_nan=False) if args.json else text
+    except (UsageError, ValueError) as err:
+        # A ValueError that _options did not reword comes after the options were read (a
+        # result too large for a float64, say): still one line, still status 2.
         print(f"flopsbook: error: {err}".replace("\n", " "), file=sys.stderr)
         return 2
-    # allow_nan=False: an infinity or NaN must fail here, not produce invalid JSON.
-    print(json.dumps(out, indent=2, allow_nan=False) if args.json else text)
+    try:
+        print(shown, flush=True)
+    except BrokenPipeError:
+        # The reader went away (flopsbook models | head): not an error. Point stdout at devnull
+        # so that the interpreter's last flush does not raise again (Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     if "error" in out:
         print(f"flopsbook: {out['error']}", file=sys.stderr)
     return status

@@ -331,6 +331,13 @@ def test_calculator_report():
     # 80 GiB - 2 * 8,030,261,248 bytes of weights, 2 * 32 * 8 * 128 * 2 * 2048 bytes per sequence.
     room = (80 * 2**30 - 2 * 8_030_261_248) // (2 * 32 * 8 * 128 * 2 * 2048)
     assert room == 260 and "room for 260 sequences" in text
-    assert "does NOT fit" in inference_report("gpt3-175b", "h100-sxm", 1, 2048)
+    # GPT-3's 2 x 174.6B bytes of weights need 5 H100s (80 GiB each); then it fits and the
+    # step splits over the 5 devices.
+    alone = inference_report("gpt3-175b", "h100-sxm", 1, 2048)
+    assert "does not fit: it needs at least 5 devices" in alone and "tokens/s" not in alone
+    assert "tokens/s" in inference_report("gpt3-175b", "h100-sxm", 1, 2048, n_devices=5)
+    # Latencies are scaled to a unit, never "5,461,333,360.54 ms".
+    slow = inference_report("llama3-8b", "h100-sxm", 1, 2048)
+    assert " ms " in slow and not any(len(w) > 10 and w[0].isdigit() for w in slow.split())
     with pytest.raises(ValueError, match="weights and cache"):
         inference_report(weights="int3")

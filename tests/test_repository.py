@@ -93,3 +93,42 @@ def test_formulas_never_import_the_reference():
         assert "reference" not in "".join(
             line for line in path.read_text().splitlines(True)
             if line.startswith(("import", "from"))) or path.name == "__init__.py", path
+
+
+def test_the_imported_package_is_this_repositorys():
+    # An editable install of another checkout would otherwise be tested instead of this one.
+    import flopsbook
+
+    assert Path(flopsbook.__file__).resolve().parent == (ROOT / "flopsbook").resolve()
+
+
+def test_the_landing_page_links_every_chapter_in_toc_order():
+    text = (ROOT / "book" / "intro.md").read_text()
+    chapters = [f for f in toc_files(TOC) if f.startswith("notebooks/")]
+    positions = [text.find(f"../{f}>") for f in chapters]
+    assert -1 not in positions, dict(zip(chapters, positions))
+    assert positions == sorted(positions)
+
+
+def test_readme_types_no_test_counts():
+    # Counts typed by hand go stale: the README says how to count instead.
+    readme = (ROOT / "README.md").read_text()
+    assert not re.search(r"\d+ (items|tests|notebooks)\b", readme)
+
+
+def test_a_package_change_empties_the_execution_cache(tmp_path):
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    try:
+        from package_cache import refresh_cache
+    finally:
+        sys.path.pop(0)
+    package, cache = tmp_path / "pkg", tmp_path / "cache"
+    package.mkdir()
+    (package / "formula.py").write_text("SIX = 6\n")
+    assert refresh_cache(cache, package) is False          # first build: nothing to empty
+    (cache / "executed.db").write_text("outputs")
+    assert refresh_cache(cache, package) is False and (cache / "executed.db").exists()
+    (package / "formula.py").write_text("SIX = 8\n")     # a formula changed
+    assert refresh_cache(cache, package) is True and not (cache / "executed.db").exists()
+    assert refresh_cache(cache, package) is False
+    assert "package_cache" in CONFIG["sphinx"]["local_extensions"]

@@ -19,6 +19,9 @@ RELEASED = {
     "llama-7b": 6_738_415_616,
     "llama-65b": 65_285_660_672,
     "llama2-7b": 6_738_415_616,
+    # meta-llama/Llama-2-13b-hf: 363 tensors, 13,015,864,320 elements (DeepSpeed's reconstruction
+    # of the fp32 state dict prints the same total).
+    "llama2-13b": 13_015_864_320,
     "llama2-70b": 68_976_648_192,
     "llama3-8b": 8_030_261_248,
     "llama3-70b": 70_553_706_496,

@@ -46,6 +46,21 @@ def glue(name: str, value, fmt: str | None = None):
     return value
 
 
+def registry_notes(names, *, kind="model") -> str:
+    """What each registry entry does not model, as a Markdown list to print under a table.
+
+    ``names`` are model names (``kind="model"``) or hardware names (``kind="hardware"``); an
+    entry without notes is left out. The registry's ``notes`` say where a spec departs from the
+    published model (a parameter it cannot hold, an assumption), so every table that lists
+    registry entries shows them.
+    """
+    from .. import registry
+
+    lookup = {"model": registry.model, "hardware": registry.hardware}[kind]
+    lines = [f"- **{name}**: {lookup(name).notes}" for name in names if lookup(name).notes]
+    return ("Notes from the registry:\n\n" + "\n".join(lines)) if lines else ""
+
+
 def plain_log_ticks(ax, which="xy"):
     """Label the log axes ``which`` of ``ax`` in plain text — large and small powers of ten as
     10¹⁸, everything else (0.1, 1, 10, 100, or 2, 4, 8 on a base-2 axis) as a plain number — and
@@ -77,5 +92,5 @@ from .scaling import scaling_explorer  # noqa: E402
 from .memory import memory_calculator  # noqa: E402
 
 __all__ = ["attention_explorer", "glue", "inference_calculator", "matmul_calculator",
-           "memory_calculator", "plain_log_ticks", "scaling_explorer", "setup",
-           "training_calculator"]
+           "memory_calculator", "plain_log_ticks", "registry_notes", "scaling_explorer",
+           "setup", "training_calculator"]

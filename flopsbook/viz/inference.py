@@ -10,36 +10,41 @@ PRECISIONS = {"fp32": 4.0, "bf16/fp16": 2.0, "int8/fp8": 1.0, "int4": 0.5}
 
 def inference_report(model: str = "llama3-8b", device: str = "h100-sxm", batch: int = 1,
                      context: int = 2048, weights: str = "bf16/fp16",
-                     cache: str = "bf16/fp16") -> str:
-    """Roofline of one decode step: latency per token, tokens/s, KV memory, the bound."""
+                     cache: str = "bf16/fp16", n_devices: int = 1) -> str:
+    """Roofline of one decode step on ``n_devices`` (tensor-parallel serving): latency per
+    token, tokens/s, KV memory, the bound; or, when the weights and caches do not fit, says so
+    and how many devices would hold them, instead of a throughput."""
     m, hw = registry.model(model), registry.hardware(device)
     if weights not in PRECISIONS or cache not in PRECISIONS:
         raise ValueError(f"weights and cache must be one of {', '.join(PRECISIONS)}, "
                          f"got {weights!r} and {cache!r}")
     w, kv = PRECISIONS[weights], PRECISIONS[cache]
-    step = inference.decode_step_time(m, hw, batch, context, bytes_per_param=w,
-                                      kv_bytes_per_value=kv)
+    kw = dict(bytes_per_param=w, kv_bytes_per_value=kv, n_devices=n_devices)
+    step = inference.decode_step_time(m, hw, batch, context, **kw)
     cache_bytes = inference.kv_cache_bytes(m, batch, context, kv)
     weight_bytes = step.bytes - cache_bytes
-    need = weight_bytes + cache_bytes
-    b_star = inference.critical_batch(m, hw, context, bytes_per_param=w, kv_bytes_per_value=kv)
-    room = inference.max_batch(m, hw, context, bytes_per_param=w, kv_bytes_per_value=kv)
-    fits = (f"fits (room for {room:,.0f} sequences of this context)" if need <= hw.memory_bytes else
-            f"does NOT fit on one device: split it over at least "
-            f"{int(-(-need // hw.memory_bytes))} (the roofline below is for one)")
+    need, have = weight_bytes + cache_bytes, n_devices * hw.memory_bytes
+    head = [f"{m.name} on {n_devices:,} x {hw.name}: batch {batch:,}, context {context:,} tokens",
+            f"weights {units.format_bytes(weight_bytes)} + KV cache "
+            f"{units.format_bytes(cache_bytes)} ({units.format_bytes(cache_bytes / batch)} per "
+            f"sequence) = {units.format_bytes(need)} of {units.format_bytes(have)}"]
+    if need > have:
+        room = inference.max_batch(m, hw, context, **{k: kw[k] for k in kw})
+        return "\n".join(head + [
+            f"does not fit: it needs at least {math.ceil(need / hw.memory_bytes):,} devices "
+            f"(or a batch of at most {room:,.0f} at this context); no throughput to report"])
+    b_star = inference.critical_batch(m, hw, context, **kw)
+    room = inference.max_batch(m, hw, context, **kw)
     crit = ("never: each sequence's KV cache brings more bytes per FLOP than the device's "
             "balance allows" if b_star == float("inf") else f"{math.ceil(b_star):,}")
-    return "\n".join([
-        f"{m.name} on {hw.name}: batch {batch}, context {context:,} tokens",
-        f"weights {units.format_bytes(weight_bytes)} + KV cache {units.format_bytes(cache_bytes)}"
-        f" ({units.format_bytes(cache_bytes / batch)} per sequence) = "
-        f"{units.format_bytes(need)} of {units.format_bytes(hw.memory_bytes)}: {fits}",
+    return "\n".join(head + [
+        f"fits (room for {room:,.0f} sequences of this context)",
         f"one decode step: {units.format_flops(step.flops)}, {units.format_bytes(step.bytes)} "
         f"read, intensity {step.intensity:,.1f} FLOPs/byte "
         f"(the device's balance: {hw.balance:,.0f})",
         f"compute {units.format_duration(step.compute_time)}, memory "
         f"{units.format_duration(step.memory_time)}: {step.bound}-bound",
-        f"latency per token: {step.time * 1e3:,.2f} ms   throughput: "
+        f"latency per token: {units.format_duration(step.time)}   throughput: "
         f"{step.tokens_per_second:,.0f} tokens/s ({step.tokens_per_second / batch:,.1f} per "
         f"sequence)",
         f"compute-bound from batch: {crit}",
@@ -56,6 +61,7 @@ def inference_calculator():
     hw = w.Dropdown(options=registry.hardwares(), value="h100-sxm", description="device")
     batch = w.BoundedIntText(value=1, min=1, max=10**6, description="batch")
     context = w.BoundedIntText(value=2048, min=1, max=10**7, description="context")
+    devices = w.BoundedIntText(value=1, min=1, max=4096, description="devices")
     weights = w.Dropdown(options=list(PRECISIONS), value="bf16/fp16", description="weights",
                          style=style)
     cache = w.Dropdown(options=list(PRECISIONS), value="bf16/fp16", description="KV cache",
@@ -67,12 +73,12 @@ def inference_calculator():
         with out:
             try:
                 print(inference_report(name.value, hw.value, batch.value, context.value,
-                                       weights.value, cache.value))
+                                       weights.value, cache.value, devices.value))
             except ValueError as error:
                 print(f"cannot compute: {error}")
 
-    for widget in (name, hw, batch, context, weights, cache):
+    for widget in (name, hw, batch, context, devices, weights, cache):
         widget.observe(update, names="value")
     update()
-    display(w.VBox([w.HBox([name, hw]), w.HBox([batch, context]), w.HBox([weights, cache]),
+    display(w.VBox([w.HBox([name, hw]), w.HBox([batch, context, devices]), w.HBox([weights, cache]),
                     out]))

@@ -7,6 +7,7 @@ def matmul_report(m: int, k: int, n: int, device: str = "a100-80gb", dtype: str 
     """FLOPs, bytes, arithmetic intensity and roofline time of an (m x k) @ (k x n) product."""
     hw = registry.hardware(device)
     bytes_per_value = 4 if dtype in ("fp32", "tf32") else 1 if dtype in ("fp8", "int8") else 2
+    # (tf32 values are stored as fp32; int8 "FLOPs" are integer operations)
     f = flops.matmul_flops(m, k, n)
     b = flops.matmul_bytes(m, k, n, bytes_per_value)
     peak = hw.peak(dtype)
@@ -27,8 +28,16 @@ def matmul_calculator():
     size = dict(min=1, max=65536, value=4096, step=1)
     m, k, n = (w.BoundedIntText(description=s, **size) for s in ("m", "k", "n"))
     hw = w.Dropdown(options=registry.hardwares(), value="a100-80gb", description="device")
-    dtype = w.Dropdown(options=["bf16", "fp16", "fp32"], value="bf16", description="dtype")
+    dtype = w.Dropdown(options=list(registry.hardware(hw.value).peak_flops), value="bf16",
+                       description="dtype")
     out = w.Output()
+
+    def offer_dtypes(_=None):
+        # Only the dtypes the chosen device has a peak for (a V100 has no bf16).
+        options = list(registry.hardware(hw.value).peak_flops)
+        keep = dtype.value if dtype.value in options else ("bf16" if "bf16" in options else "fp16")
+        with dtype.hold_trait_notifications():
+            dtype.options, dtype.value = options, keep
 
     def update(_=None):
         out.clear_output()
@@ -38,6 +47,7 @@ def matmul_calculator():
             except ValueError as error:  # e.g. a dtype the device has no peak for
                 print(f"cannot compute: {error}")
 
+    hw.observe(offer_dtypes, names="value")
     for widget in (m, k, n, hw, dtype):
         widget.observe(update, names="value")
     update()
