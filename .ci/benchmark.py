@@ -65,13 +65,25 @@ def formula_cases():
         "training_memory": lambda: fb.training_memory(params, zero_stage=3, n_devices=batch).total,
         "activation_memory": lambda: fb.activation_memory(spec, batch, context, tensor_parallel=8,
                                                           sequence_parallel=True),
+        "memory_budget": lambda: fb.memory_budget(spec, batch, context, zero_stage=3,
+                                                  n_devices=64, recompute="full").total,
+        "serving_cost": lambda: fb.serving_cost("llama3-8b", "h100-sxm", batch, context // 1000 + 1,
+                                                2.0, n_devices=8),
     }
+
 
 
 def main() -> None:
     base, ours = import_seconds("numpy"), import_seconds("flopsbook")
     print(f"import numpy {base:.3f} s, import flopsbook {ours:.3f} s: "
           f"adds {ours - base:.3f} s (target <= 0.15 s)")
+    cli = best_of(lambda: subprocess.run([sys.executable, "-m", "flopsbook", "models"],
+                                         check=True, capture_output=True))
+    print(f"command line `python -m flopsbook models`: {cli:.3f} s (target <= 0.5 s)")
+    import flopsbook as fb
+    losses = np.random.default_rng(0).uniform(1.9, 3.0, 10**4)
+    t = best_of(lambda: fb.inference_aware_optimal(losses, 1e12), repeats=3)
+    print(f"inference_aware_optimal (exempt): {t * 1e3:.1f} ms for 10^4 configurations")
     for name, fn in formula_cases().items():
         t = best_of(fn)
         flag = "ok" if t <= 0.1 else "SLOW"

@@ -71,7 +71,7 @@ def _numeric(name: str, value, kind: str | None) -> np.ndarray:
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{name} must be {what}, got {shown(value)}") from None
     if raw.dtype.kind in "iuf":
-        return raw.astype(np.float64)
+        return np.asarray(raw, dtype=np.float64)  # no copy when it is float64 already
     if raw.dtype.kind == "O":  # Python ints beyond int64, or a ragged/mixed list
         flat = raw.ravel().tolist()
         if all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
@@ -96,6 +96,7 @@ def as_array(name: str, value, *, allow_zero: bool = False, integer: bool = Fals
     as that kind of quantity.
     """
     arr = _numeric(name, value, kind)
+    whole = isinstance(value, np.ndarray) and value.dtype.kind in "iu"  # skip the floor test
     if not np.isfinite(arr).all():
         raise ValueError(f"{name} must be finite, got {shown(value)}")
     bad = (arr < 0) if allow_zero else (arr <= 0)
@@ -103,7 +104,7 @@ def as_array(name: str, value, *, allow_zero: bool = False, integer: bool = Fals
         first = arr[bad].flat[0] if arr.ndim else arr
         allowed = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {allowed}, got {float(first):g}")
-    if integer and (arr != np.floor(arr)).any():
+    if integer and not whole and (arr != np.floor(arr)).any():
         raise ValueError(f"{name} must be a whole number, got {shown(value)}")
     if upper is not None and (arr > upper).any():
         raise ValueError(f"{name} must be <= {upper}, got {shown(value)}")

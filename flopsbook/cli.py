@@ -1,14 +1,15 @@
 """The ``flopsbook`` command line: the book's formulas for a planned training run or server.
 
     flopsbook train llama3-8b --tokens 15T --hardware h100-sxm --devices 1024 --mfu 0.4
-    flopsbook memory llama2-7b --seq-len 4k --hardware a100-80gb --devices 8 --zero-stage 3
-    flopsbook serve llama2-7b --hardware h100-sxm --context 4k --batch 32 --price 2.5
+    flopsbook memory llama2-7b --seq-len 4096 --hardware a100-80gb --devices 8 --zero-stage 3
+    flopsbook serve llama2-7b --hardware h100-sxm --context 4096 --batch 32 --price 2.5
     flopsbook models
     flopsbook hardware
 
-Every subcommand takes ``--json``. Counts and sizes ("15T", "4k", "2GB") go to the formulas as
-typed, since the formulas read text quantities themselves; their ``ValueError`` is reworded to
-name the option. Exit status: 0, 1 when a serving batch does not fit, 2 for a bad option.
+Every subcommand takes ``--json``. Counts and sizes ("15T", "128k", "2GB") go to the formulas
+as typed, since the formulas read text quantities themselves (k is 1,000: "4k" is 4,000
+tokens, not 4,096); their ``ValueError`` is reworded to name the option. Exit status: 0; 1
+when a serving batch does not fit; 2 for a bad option or value.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def number(text):
     return float(text)
 
 
-def fraction_or_size(text):
+def _fraction_or_size(text):
     """``--buffers``: a bare number is a fraction (or bytes if >= 1), text such as "2GB" a size:
     memory_budget reads both, but only if the number arrives as a number."""
     try:
@@ -302,7 +303,8 @@ def _parser():
 
     p = command("memory", _memory, "Per-device memory of one training step: will it fit?")
     p.add_argument("--batch", default="1", help="micro-batch per device (default 1)")
-    p.add_argument("--seq-len", help="tokens per sequence, e.g. 4k (default: the model's)")
+    p.add_argument("--seq-len", help="tokens per sequence, e.g. 4096 or 32k = 32,000 "
+                   "(default: the model's)")
     p.add_argument("--devices", default="1", help="devices the job spans (default 1)")
     p.add_argument("--zero-stage", type=int, choices=(0, 1, 2, 3), default=0)
     p.add_argument("--recompute", choices=("none", "selective", "full"), default="none")
@@ -311,12 +313,12 @@ def _parser():
     p.add_argument("--precision", choices=("mixed", "fp32", "bf16"), default="mixed")
     p.add_argument("--tensor-parallel", default="1", help="tensor-parallel degree (default 1)")
     p.add_argument("--sequence-parallel", action="store_true")
-    p.add_argument("--buffers", type=fraction_or_size, default=0.0,
+    p.add_argument("--buffers", type=_fraction_or_size, default=0.0,
                    help="allowance: a fraction of the rest (0.1) or a size (2GB)")
 
     p = command("serve", _serve, "KV cache, batch, decode speed and cost of serving.")
-    p.add_argument("--context", help="keys each new token attends to, e.g. 8k "
-                   "(default: the model's)")
+    p.add_argument("--context", help="keys each new token attends to, e.g. 8192 or 128k = "
+                   "128,000 (default: the model's)")
     p.add_argument("--batch", default="1", help="sequences decoded together (default 1)")
     p.add_argument("--devices", default="1", help="tensor-parallel devices (default 1)")
     p.add_argument("--price", type=number, help="dollars per device-hour")

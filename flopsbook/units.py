@@ -53,6 +53,8 @@ def _round(x: float, digits: int) -> float:
 
 def _sig(x: float, digits: int) -> str:
     """``digits`` significant figures without trailing zeros or exponent (for 1 <= x < 1000)."""
+    if x >= 1e6:  # beyond the largest unit: a mantissa and an exponent, not 200 digits
+        return f"{x:.{digits}g}"
     return f"{x:.{digits}g}" if x < 10**digits else f"{x:.0f}"
 
 

@@ -1,8 +1,9 @@
 """The command line, run as a user runs it: ``python -m flopsbook ...`` in a subprocess.
 
-Each command starts a Python (about 0.2 s), so all of them run once, side by side, in a
-module fixture; the tests read their results. Expected values come from the formulas called
-here or by hand, never from the command's own output.
+Each command starts a Python (about 0.2 s), so they run once, side by side, in a module
+fixture, and the tests read their results; the bad inputs call ``main`` in this process, two
+of them also as a subprocess (no traceback at all). Expected values come from the formulas
+called here or by hand, never from the command's own output.
 """
 
 import json
@@ -13,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import flopsbook as fb
+from flopsbook.cli import main
 
 N_LLAMA2_7B = 6_738_415_616  # parameters of the released Llama 2 7B checkpoint
 GiB = 2**30
@@ -41,8 +43,8 @@ BAD = [
     (("frobnicate",), "COMMAND"),
 ]
 
-COMMANDS = [TRAIN, MEMORY, SERVE, TOO_BIG, ("models",), ("hardware",)]
-COMMANDS += [c + ("--json",) for c in COMMANDS] + [args for args, _ in BAD]
+COMMANDS = [TRAIN, MEMORY, SERVE, ("models",), ("hardware",)]
+COMMANDS += [c + ("--json",) for c in COMMANDS] + [TOO_BIG + ("--json",), BAD[0][0], BAD[-1][0]]
 
 
 @pytest.fixture(scope="module")
@@ -127,14 +129,18 @@ def test_serve(run):
         assert shown in text.stdout, shown
 
 
-def test_serve_batch_that_does_not_fit(run):
-    for out in (run(TOO_BIG), run(TOO_BIG + ("--json",))):
-        assert out.returncode == 1
-        assert out.stderr.startswith("flopsbook: does not fit") and "at most 33" in out.stderr
-        assert out.stderr.count("\n") == 1
-        assert "tokens/s" not in out.stdout
-    got = json.loads(run(TOO_BIG + ("--json",)).stdout)
+def test_serve_batch_that_does_not_fit(run, capsys):
+    out = run(TOO_BIG + ("--json",))
+    assert out.returncode == 1
+    assert out.stderr.startswith("flopsbook: does not fit") and "at most 33" in out.stderr
+    assert out.stderr.count("\n") == 1
+    got = json.loads(out.stdout)
     assert got["fits"] is False and got["max_batch"] == 33 and got["tokens_per_second"] is None
+
+    assert main(list(TOO_BIG)) == 1
+    text = capsys.readouterr()
+    assert "max batch              33" in text.out and "tokens/s" not in text.out
+    assert text.err.startswith("flopsbook: does not fit")
 
 
 def test_models_and_hardware(run):
@@ -156,8 +162,18 @@ def test_models_and_hardware(run):
 
 
 @pytest.mark.parametrize("args, option", BAD, ids=[option for _, option in BAD])
-def test_bad_input_is_one_line_naming_the_option(run, args, option):
+def test_bad_input_is_one_line_naming_the_option(args, option, capsys):
+    assert main(list(args)) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.count("\n") == 1, out.err
+    assert out.err.startswith(f"flopsbook: error: {option}: "), out.err
+
+
+@pytest.mark.parametrize("args, option", [BAD[0], BAD[-1]], ids=["--tokens", "COMMAND"])
+def test_bad_input_as_a_subprocess(run, args, option):
     out = run(args)
     assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.count("\n") == 1, out.stderr
-    assert out.stderr.startswith(f"flopsbook: error: {option}"), out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"flopsbook: error: {option}: "), out.stderr
+    if option == "--tokens":
+        assert "cannot read '15Q' as a count" in out.stderr

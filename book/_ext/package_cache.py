@@ -51,7 +51,7 @@ def _outdated(app, env, added, changed, removed):
     if not refresh_cache(cache, package):
         return []
     return [doc for doc in env.found_docs
-            if env.doc2path(doc).suffix == ".ipynb" and doc not in added]
+            if Path(env.doc2path(doc)).suffix == ".ipynb" and doc not in added]
 
 
 def setup(app):
