@@ -73,6 +73,32 @@ def formula_cases():
 
 
 
+def notebook_costs(repeats: int = 2) -> None:
+    """Each chapter against a copy that runs only its setup cell, side by side in fresh kernels
+    (target: at most 1.6x; 3x for the measurement chapters)."""
+    from pathlib import Path
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).parents[1]
+
+    def run(nb) -> float:
+        start = time.perf_counter()
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": str(root / "notebooks")}}).execute()
+        return time.perf_counter() - start
+
+    for path in sorted((root / "notebooks").glob("*.ipynb")):
+        full = nbformat.read(path, as_version=4)
+        setup = nbformat.read(path, as_version=4)
+        setup.cells = [c for c in setup.cells if "remove-cell" in c.metadata.get("tags", [])]
+        t_full = min(run(nbformat.from_dict(full)) for _ in range(repeats))
+        t_setup = min(run(nbformat.from_dict(setup)) for _ in range(repeats))
+        print(f"{path.stem:>24}: {t_full:5.2f} s, setup cell alone {t_setup:5.2f} s: "
+              f"{t_full / t_setup:.2f}x (target <= 1.6x)")
+
+
 def main() -> None:
     base, ours = import_seconds("numpy"), import_seconds("flopsbook")
     print(f"import numpy {base:.3f} s, import flopsbook {ours:.3f} s: "
@@ -92,3 +118,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    if "--notebooks" in sys.argv:
+        notebook_costs()

@@ -1,6 +1,10 @@
-"""FLOP counts. Convention: a multiply-add is 2 FLOPs.
+"""FLOP counts, roofline times and utilisations. Convention: a multiply-add is 2 FLOPs.
 
-``matmul_flops`` is derived in the chapter "FLOPs and matrix multiplications".
+``matmul_flops`` is derived in the chapter "FLOPs and matrix multiplications", which also uses
+``matmul_bytes`` and ``roofline_time``; ``flops_per_token``, ``training_flops``,
+``training_time``, ``mfu`` and ``hfu`` in "Weight FLOPs"; ``layer_flops``,
+``crossover_seq_len`` and ``context_flops_ratio`` in "Where attention overtakes the matmuls".
+Counts are FLOPs, times are seconds, rates FLOP/s and bandwidths bytes/s.
 """
 
 from __future__ import annotations
@@ -14,8 +18,23 @@ from .spec import Transformer
 def matmul_flops(m, k, n, batch=1):
     """FLOPs of ``batch`` products of an (m x k) by a (k x n) matrix: 2*m*k*n each.
 
-    Each of the m*n outputs is a dot product of length k: k multiplies and k - 1 adds, which
-    the convention rounds to k multiply-adds = 2k FLOPs. Broadcasts over arrays.
+    Each of the m*n outputs is a dot product of length k: k multiplies and k - 1 adds, which the
+    convention rounds to k multiply-adds = 2k FLOPs. Broadcasts over arrays.
+
+    Args:
+        m (int | array-like): Rows of the left matrix and of the output: a whole number > 0 or
+            an array of them (numbers only, not text).
+        k (int | array-like): The shared (inner) dimension, as ``m``.
+        n (int | array-like): Columns of the right matrix and of the output, as ``m``.
+        batch (int | array-like): Number of independent products, as ``m``. Default 1.
+
+    Returns:
+        float | numpy.ndarray: FLOPs: a float (numpy float64) for scalar arguments, an array
+        when they broadcast.
+
+    Raises:
+        ValueError: If an argument is not a positive whole number (or an array of them); the
+            message names it.
     """
     m, k, n, batch = (as_array(name, v, integer=True) for name, v in
                       (("m", m), ("k", k), ("n", n), ("batch", batch)))
@@ -25,7 +44,25 @@ def matmul_flops(m, k, n, batch=1):
 def matmul_bytes(m, k, n, bytes_per_value=2, batch=1):
     """Bytes an (m x k) @ (k x n) product must at least move: read both inputs, write the output.
 
-    With ``matmul_flops`` this gives the product's arithmetic intensity (FLOPs per byte).
+    That is ``(m*k + k*n + m*n) * bytes_per_value * batch``. With ``matmul_flops`` this gives the
+    product's arithmetic intensity (FLOPs per byte). Broadcasts over arrays.
+
+    Args:
+        m (int | array-like): Rows of the left matrix and of the output: a whole number > 0 or
+            an array of them (numbers only, not text).
+        k (int | array-like): The shared (inner) dimension, as ``m``.
+        n (int | array-like): Columns of the right matrix and of the output, as ``m``.
+        bytes_per_value (float | array-like): Bytes per matrix element (2 for 16-bit, 4 for
+            fp32, 1 for 8-bit), > 0; numbers only. Default 2.
+        batch (int | array-like): Number of independent products, as ``m``. Default 1.
+
+    Returns:
+        float | numpy.ndarray: Bytes: a float (numpy float64) for scalar arguments, an array
+        when they broadcast.
+
+    Raises:
+        ValueError: If a size is not a positive whole number or ``bytes_per_value`` not a
+            positive number; the message names the argument.
     """
     m, k, n, batch = (as_array(name, v, integer=True) for name, v in
                       (("m", m), ("k", k), ("n", n), ("batch", batch)))
@@ -37,11 +74,34 @@ def roofline_time(flops, bytes_moved, peak_flops, bandwidth=None, *, dtype=None)
     """Lower bound on the time of a kernel: max(FLOPs / peak, bytes / bandwidth), in seconds.
 
     The roofline model of Williams et al. (2009): a kernel can go no faster than its compute at
-    peak FLOP/s, nor than moving its bytes at full memory bandwidth. ``flops`` is a FLOP count,
-    ``bytes_moved`` bytes (a number or text such as "2GB"); ``peak_flops`` is FLOP/s or a
-    ``Hardware``/name (then its ``peak_16bit``, or ``peak(dtype)``); ``bandwidth`` is bytes/s
-    (or "3.35 TB/s") and may be left out when ``peak_flops`` is a Hardware/name: then its HBM
-    ``bandwidth`` is used.
+    peak FLOP/s, nor than moving its bytes at full memory bandwidth. Broadcasts over arrays.
+
+    Args:
+        flops (float | str | array-like): FLOPs of the kernel, >= 0, or one text count such as
+            ``"3.1e23"`` or ``"2T"``.
+        bytes_moved (float | str | array-like): Bytes the kernel moves to and from memory,
+            >= 0, or one text size such as ``"2GB"``.
+        peak_flops (float | str | Hardware | array-like): Peak compute in FLOP/s, one text rate
+            such as ``"989 TFLOP/s"``, or a :class:`Hardware` or registry name: then its
+            ``peak_16bit``, or ``peak(dtype)``.
+        bandwidth (float | str | Hardware | array-like | None): Memory bandwidth in bytes/s, one
+            text rate such as ``"3.35 TB/s"``, or a ``Hardware`` or registry name (its HBM
+            ``bandwidth``). May be left out (None, the default) when ``peak_flops`` is a
+            ``Hardware`` or a registry name: then its HBM ``bandwidth`` is used.
+
+    Keyword Args:
+        dtype (str | None): With a ``Hardware`` (or name) as ``peak_flops``, the dtype whose
+            peak is taken (``"bf16"``, ``"fp8"``, ...); None (the default) takes
+            ``peak_16bit``.
+
+    Returns:
+        float | numpy.ndarray: Seconds: a float (numpy float64) for scalar arguments, an array
+        when they broadcast.
+
+    Raises:
+        ValueError: If an argument is not a valid number, text or name (the message names it),
+            ``dtype`` is given with a numeric ``peak_flops``, or ``bandwidth`` is left out when
+            ``peak_flops`` is a number.
     """
     f = as_array("flops", flops, allow_zero=True, kind="count")
     b = as_array("bytes_moved", bytes_moved, allow_zero=True, kind="bytes")
@@ -73,15 +133,32 @@ def layer_flops(m, seq_len, batch=1, *, causal=False):
     """Forward matmul FLOPs of one layer, by component, for ``batch`` sequences of ``seq_len``.
 
     Derived term by term from the shapes in the chapter "Where attention overtakes the matmuls";
-    with b*s tokens: qkv 2*b*s*d*(H*d_h + 2*H_kv*d_h), scores and weighted_values
-    2*b*H*d_h*s**2 each, out_proj 2*b*s*H*d_h*d, ffn 2*b*s*d*d_ff times 2 (GELU) or 3 (SwiGLU).
-    Returns a dict with keys ``qkv``, ``scores``, ``weighted_values``, ``out_proj``, ``ffn`` and
-    ``total``. With ``causal=True`` the two attention products count only the s(s+1)/2
-    unmasked (query, key) pairs per head, as a kernel that skips masked blocks does. For
-    standard multi-head attention with d_ff = 4d the total is 24*b*s*d**2 + 4*b*s**2*d.
-    ``positional="relative"`` (Transformer-XL) adds the projection of the s position encodings
-    to ``qkv`` and the position-score product to ``scores``, once per sequence (as if each
-    sequence projected its own position encodings), so both scale with ``batch``.
+    with b*s tokens: qkv 2*b*s*d*(H*d_h + 2*H_kv*d_h), scores and weighted_values 2*b*H*d_h*s**2
+    each, out_proj 2*b*s*H*d_h*d, ffn 2*b*s*d*d_ff times 2 (GELU) or 3 (SwiGLU). With
+    ``causal=True`` the two attention products count only the s(s+1)/2 unmasked (query, key)
+    pairs per head, as a kernel that skips masked blocks does. For standard multi-head attention
+    with d_ff = 4d the total is 24*b*s*d**2 + 4*b*s**2*d. ``positional="relative"``
+    (Transformer-XL) adds the projection of the s position encodings to ``qkv`` and the
+    position-score product to ``scores``, once per sequence (as if each sequence projected its
+    own position encodings), so both scale with ``batch``.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        seq_len (int | str | array-like): Tokens per sequence s: a whole number > 0, an array of
+            them, or one text count such as ``"128k"``.
+        batch (int | str | array-like): Number of sequences b, as ``seq_len``. Default 1.
+
+    Keyword Args:
+        causal (bool): Count only the (query, key) pairs a causal mask keeps. Default False.
+
+    Returns:
+        dict[str, float | numpy.ndarray]: FLOPs by component under the keys ``qkv``,
+        ``scores``, ``weighted_values``, ``out_proj``, ``ffn`` and ``total``; each a float, or
+        an array when ``seq_len`` or ``batch`` is one.
+
+    Raises:
+        ValueError: If ``m`` is not a ``Transformer`` or registry name, a count is not a
+            positive whole number, or ``causal`` is not True or False; the message names it.
     """
     m = as_spec(m)
     s = as_array("seq_len", seq_len, integer=True, kind="count")
@@ -107,13 +184,38 @@ def flops_per_token(m, context=None, *, training=True, causal=False, recompute=F
                     include_logits=True, include_attention=True):
     """Matmul FLOPs of one sequence of ``context`` tokens (default ``m.seq_len``), per token.
 
-    Counts every matrix product of the layers (``layer_flops``) and, with ``include_logits``,
-    the logits (2*d*V per token forward). Embedding lookups, biases, norms, softmax and
-    activations are not matmuls and are left out. ``training`` multiplies the forward count by
-    3 (forward, gradients with respect to inputs, gradients with respect to weights);
-    ``recompute`` adds one more forward of the layers (full activation recomputation), the
-    numerator of HFU rather than MFU. ``include_attention=False`` drops the two s-dependent
-    attention products, leaving 2 FLOPs per matmul weight per token (6 in training).
+    Counts every matrix product of the layers (``layer_flops``) and, with ``include_logits``, the
+    logits (2*d*V per token forward). Embedding lookups, biases, norms, softmax and activations
+    are not matmuls and are left out. ``training`` multiplies the forward count by 3 (forward,
+    gradients with respect to inputs, gradients with respect to weights); ``recompute`` adds one
+    more forward of the layers (full activation recomputation), the numerator of HFU rather than
+    MFU. ``include_attention=False`` drops the two s-dependent attention products, leaving 2
+    FLOPs per matmul weight per token (6 in training). Derived in the chapter "Weight FLOPs".
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        context (int | str | array-like | None): Tokens in the sequence: a whole number > 0, an
+            array of them, or one text count such as ``"8k"``. None (the default) is
+            ``m.seq_len``.
+
+    Keyword Args:
+        training (bool): Count forward and backward, 3x the forward. Default True.
+        causal (bool): Count only the (query, key) pairs a causal mask keeps (as
+            :func:`layer_flops`). Default False.
+        recompute (bool): Add one more forward of the layers (full recomputation). Default
+            False.
+        include_logits (bool): Count the output layer's logits, 2*d*V per token forward.
+            Default True.
+        include_attention (bool): Count the two attention products (scores and weighted
+            values). Default True.
+
+    Returns:
+        float | numpy.ndarray: FLOPs per token, averaged over the sequence: a float, or an
+        array when ``context`` is one.
+
+    Raises:
+        ValueError: If ``m`` is not a ``Transformer`` or registry name, ``context`` is not a
+            positive whole number, or a switch is not True or False; the message names it.
     """
     m = as_spec(m)
     s = as_array("context", m.seq_len if context is None else context, integer=True,
@@ -134,8 +236,21 @@ def flops_per_token(m, context=None, *, training=True, causal=False, recompute=F
 def training_flops(n_params, n_tokens):
     """C = 6 N D: training FLOPs of N parameters on D tokens (2 forward + 4 backward each).
 
-    ``n_params`` is a count, text ("7B"), a ``Transformer`` or a model name (then
-    ``param_count``, embeddings included); ``n_tokens`` a count or text ("15T").
+    Derived in the chapter "Weight FLOPs". Broadcasts over both arguments.
+
+    Args:
+        n_params (float | str | Transformer | array-like): Parameters N, a count > 0 (not
+            billions), one text count such as ``"7B"``, or a :class:`Transformer` or model name:
+            then ``param_count``, embeddings included.
+        n_tokens (float | str | array-like): Training tokens D, a count > 0, or one text count
+            such as ``"15T"``.
+
+    Returns:
+        float | numpy.ndarray: Training FLOPs C: a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If an argument is not a positive finite number, readable text or (for
+            ``n_params``) a model; the message names it.
     """
     n = as_array("n_params", n_params, kind="params")
     d = as_array("n_tokens", n_tokens, kind="count")
@@ -143,11 +258,31 @@ def training_flops(n_params, n_tokens):
 
 
 def training_time(flops, n_devices, peak_flops_per_device, mfu, *, dtype=None):
-    """Seconds to compute ``flops`` on ``n_devices`` at a fraction ``mfu`` of their peak: T = C / tau.
+    """Seconds to compute ``flops`` on ``n_devices`` at a fraction ``mfu`` of their peak: T = C/tau.
 
-    ``flops`` is a FLOP count (or text, "3.1e23"); ``n_devices`` the devices the job spans;
-    ``peak_flops_per_device`` FLOP/s per device, or a ``Hardware``/name (then its
-    ``peak_16bit``, or ``peak(dtype)``); ``mfu`` in (0, 1].
+    tau = ``n_devices * peak * mfu`` is the cluster's throughput in FLOP/s. Derived in the chapter
+    "Weight FLOPs". Broadcasts over arrays.
+
+    Args:
+        flops (float | str | array-like): The FLOPs to compute (C), >= 0, or one text count such
+            as ``"3.1e23"``.
+        n_devices (int | str | array-like): The devices the job spans, a whole number > 0 (or
+            one text count such as ``"2k"``).
+        peak_flops_per_device (float | str | Hardware | array-like): Dense peak of one device in
+            FLOP/s, one text rate such as ``"989 TFLOP/s"``, or a :class:`Hardware` or registry
+            name: then its ``peak_16bit``, or ``peak(dtype)``.
+        mfu (float | array-like): Model FLOPs utilisation, a fraction in (0, 1]; numbers only.
+
+    Keyword Args:
+        dtype (str | None): With a ``Hardware`` (or name) as ``peak_flops_per_device``, the dtype
+            whose peak is taken; None (the default) takes ``peak_16bit``.
+
+    Returns:
+        float | numpy.ndarray: Seconds: a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If an argument is not valid (``mfu`` outside (0, 1], a non-whole
+            ``n_devices``, unreadable text, ``dtype`` with a numeric peak); the message names it.
     """
     c = as_array("flops", flops, allow_zero=True, kind="count")
     n = as_array("n_devices", n_devices, integer=True, kind="count")
@@ -177,11 +312,31 @@ def _utilisation(name, tokens_per_second, flops_name, flops_per_token, n_devices
 def mfu(tokens_per_second, flops_per_token, n_devices, peak_flops_per_device, *, dtype=None):
     """Model FLOPs utilisation: achieved model FLOP/s over the cluster's peak.
 
-    ``tokens_per_second`` is the whole job's throughput; ``flops_per_token`` counts what the
-    model needs (e.g. ``flops_per_token(m)`` or PaLM's 6N + 12*L*H*Q*T), not recomputation;
-    ``n_devices`` the devices the job spans; ``peak_flops_per_device`` FLOP/s, or a
-    ``Hardware``/name (its ``peak_16bit``, or ``peak(dtype)``). A cluster at exactly its peak
-    (to rounding, 1e-6) gives 1.
+    MFU = tokens_per_second * flops_per_token / (n_devices * peak). ``flops_per_token`` counts
+    what the model needs (e.g. ``flops_per_token(m)`` or PaLM's 6N + 12*L*H*Q*T), not
+    recomputation. A cluster at exactly its peak (to rounding, 1e-6) gives 1. Derived in the
+    chapter "Weight FLOPs". Broadcasts over arrays.
+
+    Args:
+        tokens_per_second (float | str | array-like): The whole job's throughput, tokens/s, > 0
+            (one text count such as ``"1.5M"`` is read).
+        flops_per_token (float | str | array-like): Model FLOPs per token, > 0 (text is read as
+            a count).
+        n_devices (int | str | array-like): The devices the job spans, a whole number > 0.
+        peak_flops_per_device (float | str | Hardware | array-like): Dense peak of one device in
+            FLOP/s, one text rate such as ``"989 TFLOP/s"``, or a :class:`Hardware` or registry
+            name (its ``peak_16bit``, or ``peak(dtype)``).
+
+    Keyword Args:
+        dtype (str | None): With a ``Hardware`` (or name) as ``peak_flops_per_device``, the dtype
+            whose peak is taken; None (the default) takes ``peak_16bit``.
+
+    Returns:
+        float | numpy.ndarray: The utilisation, a fraction in (0, 1].
+
+    Raises:
+        ValueError: If an argument is not valid (the message names it), or the implied MFU is
+            above 1: the achieved FLOP/s exceed the peak.
     """
     return _utilisation("MFU", tokens_per_second, "flops_per_token", flops_per_token,
                         n_devices, peak_flops_per_device, dtype)
@@ -189,8 +344,32 @@ def mfu(tokens_per_second, flops_per_token, n_devices, peak_flops_per_device, *,
 
 def hfu(tokens_per_second, hardware_flops_per_token, n_devices, peak_flops_per_device, *,
         dtype=None):
-    """Hardware FLOPs utilisation: like ``mfu`` but counting every FLOP executed, recomputation
-    included (e.g. ``flops_per_token(m, recompute=True)``)."""
+    """Hardware FLOPs utilisation: like :func:`mfu`, but counting every FLOP executed.
+
+    Recomputation is included: pass e.g. ``flops_per_token(m, recompute=True)``. Derived in the
+    chapter "Weight FLOPs". Broadcasts over arrays.
+
+    Args:
+        tokens_per_second (float | str | array-like): The whole job's throughput, tokens/s, > 0
+            (one text count such as ``"1.5M"`` is read).
+        hardware_flops_per_token (float | str | array-like): FLOPs executed per token,
+            recomputation included, > 0 (text is read as a count).
+        n_devices (int | str | array-like): The devices the job spans, a whole number > 0.
+        peak_flops_per_device (float | str | Hardware | array-like): Dense peak of one device in
+            FLOP/s, one text rate such as ``"989 TFLOP/s"``, or a :class:`Hardware` or registry
+            name (its ``peak_16bit``, or ``peak(dtype)``).
+
+    Keyword Args:
+        dtype (str | None): With a ``Hardware`` (or name) as ``peak_flops_per_device``, the dtype
+            whose peak is taken; None (the default) takes ``peak_16bit``.
+
+    Returns:
+        float | numpy.ndarray: The utilisation, a fraction in (0, 1].
+
+    Raises:
+        ValueError: If an argument is not valid (the message names it), or the implied HFU is
+            above 1: the achieved FLOP/s exceed the peak.
+    """
     return _utilisation("HFU", tokens_per_second, "hardware_flops_per_token",
                         hardware_flops_per_token, n_devices, peak_flops_per_device, dtype)
 
@@ -225,16 +404,32 @@ def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
     only (the textbook's "n = 2d" for multi-head attention); ``against="layer"`` adds the FFN
     (6d for multi-head attention with a GELU FFN of width 4d).
 
-    ``m_or_d_model`` is a ``Transformer`` (its own shapes: GQA, SwiGLU, n_heads*d_head != d_model)
-    or a d_model (int or array of ints, broadcast), meaning multi-head attention with
-    d_head*n_heads = d_model and a two-matrix FFN of width 4*d_model.
-
     ``causal=True`` counts the s(s+1)/2 pairs that a kernel skipping masked blocks computes (as
     ``layer_flops(..., causal=True)`` does): a s(s+1)/2 = w s gives the exact root
     ``s = 2 w / a - 1``, which is returned; "causal doubles the crossover" is this plus one
     (4d and 12d versus the exact 4d - 1 and 12d - 1). At the returned s, the components of
     ``layer_flops`` with the same ``causal`` are equal. The result is a real number (for GQA it
     need not be whole); attention is the larger for every longer sequence.
+
+    Args:
+        m_or_d_model (Transformer | str | int | array-like): A :class:`Transformer` or a model
+            name (its own shapes: GQA, SwiGLU, n_heads*d_head != d_model), or a d_model: a whole
+            number > 0, an array of them (broadcast) or one text count such as ``"4k"``, meaning
+            multi-head attention with d_head*n_heads = d_model and a two-matrix FFN of width
+            4*d_model.
+
+    Keyword Args:
+        against (str): ``"projections"`` (the default) or ``"layer"``: which matmuls attention
+            is compared with.
+        causal (bool): Count the pairs a causal mask keeps. Default False.
+
+    Returns:
+        float | numpy.ndarray: The crossover sequence length, in tokens (a real number): a
+        float, or an array for an array of d_model.
+
+    Raises:
+        ValueError: If ``m_or_d_model`` is neither a model nor a positive whole number, or
+            ``against`` or ``causal`` is not one of its values; the message names the argument.
     """
     choice("against", against, CROSSOVER_AGAINST)
     causal = as_bool("causal", causal)
@@ -257,12 +452,27 @@ def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
 def context_flops_ratio(d_model, new_context, old_context=4096):
     """Per-dataset FLOPs of training at ``new_context`` over ``old_context``, tokens held fixed.
 
-    Derived in the chapter "Where attention overtakes the matmuls", after Liu et al. (2023,
-    Ring Attention, App. D): a sequence of s tokens costs (24 s h**2 + 4 s**2 h) n forward
-    FLOPs (multi-head attention, FFN width 4h, non-causal, logits left out), i.e.
-    4 n h (6h + s) per token, so at a fixed number of tokens the ratio is
-    (6h + s2) / (6h + s1). Training (3x forward) and recomputation (4x) scale both contexts
-    alike and leave it unchanged. Broadcasts over all three arguments.
+    Derived in the chapter "Where attention overtakes the matmuls", after Liu et al. (2023, Ring
+    Attention, App. D): a sequence of s tokens costs (24 s h**2 + 4 s**2 h) n forward FLOPs
+    (multi-head attention, FFN width 4h, non-causal, logits left out), i.e. 4 n h (6h + s) per
+    token, so at a fixed number of tokens the ratio is (6h + s2) / (6h + s1). Training (3x
+    forward) and recomputation (4x) scale both contexts alike and leave it unchanged. Broadcasts
+    over all three arguments.
+
+    Args:
+        d_model (int | array-like): Model width h, a whole number > 0 (numbers only, not text).
+        new_context (int | str | array-like): The new context s2, tokens: a whole number > 0 or
+            one text count such as ``"32k"``.
+        old_context (int | str | array-like): The old context s1, tokens, as ``new_context``.
+            Default 4096.
+
+    Returns:
+        float | numpy.ndarray: The ratio (dimensionless): a float, or an array when an argument
+        is one.
+
+    Raises:
+        ValueError: If an argument is not a positive whole number (or readable text); the
+            message names it.
     """
     h = as_array("d_model", d_model, integer=True)
     s2 = as_array("new_context", new_context, integer=True, kind="count")

@@ -3,7 +3,8 @@
 Derived in the chapter "Inference: the KV cache, prefill versus decode, batching and the
 memory-bandwidth roofline" (``notebooks/inference``). Conventions: a multiply-add is 2 FLOPs;
 forward only; matmul FLOPs only (norms, softmax, activations and embedding lookups are left
-out); logits are computed for the last position of each step only, as a sampler needs.
+out); logits are computed for the last position of each step only, as a sampler needs. Sizes
+are counts, memory is in bytes, times in seconds and costs in dollars.
 """
 
 from __future__ import annotations
@@ -22,9 +23,24 @@ def kv_cache_bytes(m, batch, seq_len, bytes_per_value=2):
     Each token keeps one key and one value vector per key/value head in every layer:
     ``2 * n_layers * n_kv_heads * d_head * bytes_per_value`` bytes per token. Multi-query
     (``n_kv_heads=1``) and grouped-query attention shrink it by ``n_heads / n_kv_heads``.
-    ``bytes_per_value`` is 2 for 16-bit, 1 for int8/fp8, 0.5 for int4 (quantisation scales left
-    out), 8 for the reference model's float64. Broadcasts over ``batch``, ``seq_len`` and
-    ``bytes_per_value``.
+    Broadcasts over ``batch``, ``seq_len`` and ``bytes_per_value``.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        batch (int | str | array-like): Sequences, a whole number > 0, an array of them, or one
+            text count such as ``"1k"``.
+        seq_len (int | str | array-like): Tokens cached per sequence, as ``batch`` (e.g.
+            ``"128k"``).
+        bytes_per_value (float | array-like): Bytes per cached value: 2 for 16-bit, 1 for
+            int8/fp8, 0.5 for int4 (quantisation scales left out), 8 for the reference model's
+            float64; > 0, numbers only. Default 2.
+
+    Returns:
+        float | numpy.ndarray: Bytes: a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If ``m`` is not a model, or a count or ``bytes_per_value`` is not valid; the
+            message names the argument.
     """
     m = as_spec(m)
     b = as_array("batch", batch, integer=True, kind="count")
@@ -42,20 +58,38 @@ def _token_flops(m):
 
 
 def generation_flops(m, prompt_len, new_tokens, *, kv_cache=True, causal=True):
-    """Forward matmul FLOPs to generate ``new_tokens`` tokens after a ``prompt_len`` prompt,
-    for one sequence (multiply by the batch).
+    """Forward matmul FLOPs to generate ``new_tokens`` tokens after a ``prompt_len`` prompt.
 
-    With ``kv_cache=True``: one prefill over the prompt (its last position's logits give the
-    first new token), then ``new_tokens - 1`` one-token steps; step j (j = 1, 2, ...) attends
-    to the ``prompt_len + j`` keys cached so far, itself included. Without: ``new_tokens``
-    full forwards over the growing sequence (lengths P, P+1, ..., P+T-1). Logits (2*d*V) only at
-    the last position of each step.
+    For one sequence (multiply by the batch). With ``kv_cache=True``: one prefill over the
+    prompt (its last position's logits give the first new token), then ``new_tokens - 1``
+    one-token steps; step j (j = 1, 2, ...) attends to the ``prompt_len + j`` keys cached so
+    far, itself included. Without: ``new_tokens`` full forwards over the growing sequence
+    (lengths P, P+1, ..., P+T-1). Logits (2*d*V) only at the last position of each step.
 
     ``causal`` says how a pass over ``s`` tokens counts attention: ``True`` (the default) counts
     the s(s+1)/2 (query, key) pairs the causal mask keeps, as a kernel that skips masked blocks
     does; ``False`` counts all s*s, as a dense kernel does. It changes the prefill and the
     uncached passes only: a one-token step sees every cached key, so both count the same. With
-    ``causal=True`` the cache computes every (query, key) pair exactly once.
+    ``causal=True`` the cache computes every (query, key) pair exactly once. Broadcasts over
+    ``prompt_len`` and ``new_tokens``.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        prompt_len (int | str | array-like): Prompt tokens P, a whole number > 0, an array of
+            them, or one text count such as ``"4k"``.
+        new_tokens (int | str | array-like): Tokens to generate T, as ``prompt_len``.
+
+    Keyword Args:
+        kv_cache (bool): Decode with a key/value cache. Default True.
+        causal (bool): Count only the pairs the causal mask keeps (see above). Default True.
+
+    Returns:
+        float | numpy.ndarray: FLOPs for one sequence: a float, or an array when an argument is
+        one.
+
+    Raises:
+        ValueError: If ``m`` is not a model, a count is not a positive whole number, or a switch
+            is not True or False; the message names the argument.
     """
     m = as_spec(m)
     p = as_array("prompt_len", prompt_len, integer=True, kind="count")
@@ -76,10 +110,25 @@ def generation_flops(m, prompt_len, new_tokens, *, kv_cache=True, causal=True):
 
 @dataclass(frozen=True)
 class DecodeStep:
-    """Roofline estimate of one decode step (see :func:`decode_step_time`). Fields are floats,
-    or arrays when the arguments broadcast; ``bound`` is "compute" or "memory" (an array of
-    them when broadcasting). ``flops`` and ``bytes`` are the whole step's, summed over the
-    ``n_devices`` devices that share it; the times are per device, which is the step's time."""
+    """Roofline estimate of one decode step (see :func:`~flopsbook.decode_step_time`).
+
+    Fields are floats, or arrays when the arguments broadcast; ``bound`` is "compute" or
+    "memory" (an array of them when broadcasting). ``flops`` and ``bytes`` are the whole step's,
+    summed over the ``n_devices`` devices that share it; the times are per device, which is the
+    step's time.
+
+    Attributes:
+        time (float | numpy.ndarray): Seconds: ``max(compute_time, memory_time)``.
+        compute_time (float | numpy.ndarray): Seconds: ``flops / (n_devices * peak FLOP/s)``.
+        memory_time (float | numpy.ndarray): Seconds: ``bytes / (n_devices * bandwidth)``.
+        intensity (float | numpy.ndarray): ``flops / bytes``, FLOPs per byte.
+        bound (str | numpy.ndarray): ``"compute"`` where ``compute_time >= memory_time``, else
+            ``"memory"``.
+        flops (float | numpy.ndarray): Matmul FLOPs of the step (all sequences of the batch).
+        bytes (float | numpy.ndarray): Bytes read: the weights plus the KV cache.
+        tokens_per_second (float | numpy.ndarray): Tokens generated per second:
+            ``batch / time``.
+    """
 
     time: object             # seconds: max(compute_time, memory_time)
     compute_time: object     # flops / (n_devices * peak FLOP/s)
@@ -117,8 +166,10 @@ _SERVING = """``n_devices`` is tensor-parallel serving: the weights, each sequen
 
 def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes_per_value=2,
                      dtype=None, n_devices=1):
-    """Roofline time of one decode step: ``batch`` sequences each add one token that attends
-    to ``context`` keys (itself included). Returns a :class:`DecodeStep`.
+    """Roofline time of one decode step: ``batch`` sequences each add one token.
+
+    Each new token attends to ``context`` keys (itself included). Returns a
+    :class:`~flopsbook.inference.DecodeStep`.
 
     FLOPs: per sequence, the layers' projections, ``context`` (query, key) pairs per layer and
     the logits of one position (as :func:`generation_flops` counts a step). Bytes: every
@@ -126,14 +177,39 @@ def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes
     embeddings this overcounts the input table, of which only ``batch`` rows are read) plus the
     whole KV cache of every sequence (``kv_cache_bytes``). Activations are left out.
 
-    ``m`` is a ``Transformer`` or a model name; ``hardware`` a :class:`flopsbook.Hardware` or
-    its registry name, of which ``bandwidth`` (HBM, bytes/s) and ``peak(dtype)`` are used, by
-    default its bf16 peak (fp16 where there is no bf16): quantised weights are assumed
-    dequantised to 16 bits for the arithmetic, so they save bytes, not FLOPs. ``batch`` and
-    ``context`` are counts (text such as "128k" is read); ``bytes_per_param`` and
-    ``kv_bytes_per_value`` are bytes per value (2 for 16-bit, 1 for 8-bit, 0.5 for 4-bit).
-    {serving} Broadcasts over ``batch``, ``context``, ``bytes_per_param``,
-    ``kv_bytes_per_value`` and ``n_devices``.
+    Of ``hardware``, ``bandwidth`` (HBM, bytes/s) and ``peak(dtype)`` are used, by default its
+    bf16 peak (fp16 where there is no bf16): quantised weights are assumed dequantised to 16
+    bits for the arithmetic, so they save bytes, not FLOPs.
+
+    {serving}
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        hardware (Hardware | str): The accelerator: a :class:`Hardware` or a registry name.
+        batch (int | str | array-like): Sequences decoded together, a whole number > 0, an array
+            of them, or one text count such as ``"1k"``.
+        context (int | str | array-like): Keys each new token attends to (itself included), in
+            tokens, as ``batch`` (e.g. ``"128k"``).
+
+    Keyword Args:
+        bytes_per_param (float | array-like): Bytes per weight: 2 for 16-bit, 1 for 8-bit, 0.5
+            for 4-bit; > 0, numbers only. Default 2.
+        kv_bytes_per_value (float | array-like): Bytes per cached key or value element, as
+            ``bytes_per_param``. Default 2.
+        dtype (str | None): The dtype whose peak is used (``"bf16"``, ``"fp8"``, ...; see
+            :meth:`Hardware.peak`); None (the default) takes ``peak_16bit``.
+        n_devices (int | str | array-like): Devices serving the model by tensor parallelism (see
+            above), a whole number > 0. Default 1.
+
+    Returns:
+        DecodeStep: The step's times (seconds), FLOPs, bytes, intensity (FLOPs per byte), bound
+        and tokens per second; broadcast over ``batch``, ``context``, ``bytes_per_param``,
+        ``kv_bytes_per_value`` and ``n_devices``.
+
+    Raises:
+        ValueError: If an argument is not valid, e.g. an unknown model or hardware name, a count
+            that is not a positive whole number, or a ``dtype`` the hardware has no peak for; the
+            message names the argument.
     """
     h = as_hardware(hardware)
     peak = _peak(h, dtype)
@@ -163,14 +239,38 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
                    dtype=None, n_devices=1):
     """The batch from which a decode step is compute-bound (``inf`` if it never is).
 
-    Setting compute time equal to memory time, b F / P = (W + b K) / B_w, with F the FLOPs and
-    K the KV bytes of one sequence, W the weight bytes, P the peak and B_w the bandwidth:
-    b* = W / (B_w F / P - K). When K >= B_w F / P every added sequence brings as many bytes
-    per FLOP as the hardware's balance allows, and no batch is compute-bound. A real number:
-    batches from ``ceil(b*)`` up are compute-bound. Same arguments and conventions as
-    :func:`decode_step_time` (without ``batch``). Splitting over ``n_devices`` divides both
-    sides by the same n, so b* does not depend on it (the argument is accepted so that every
-    serving function takes the same arguments, and broadcasts).
+    Setting compute time equal to memory time, b F / P = (W + b K) / B_w, with F the FLOPs and K
+    the KV bytes of one sequence, W the weight bytes, P the peak and B_w the bandwidth:
+    b* = W / (B_w F / P - K). When K >= B_w F / P every added sequence brings as many bytes per
+    FLOP as the hardware's balance allows, and no batch is compute-bound. A real number: batches
+    from ``ceil(b*)`` up are compute-bound. Same arguments and conventions as
+    :func:`decode_step_time` (without ``batch``). Splitting over ``n_devices`` divides both sides
+    by the same n, so b* does not depend on it (the argument is accepted so that every serving
+    function takes the same arguments, and broadcasts).
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        hardware (Hardware | str): The accelerator: a :class:`Hardware` or a registry name.
+        context (int | str | array-like): Keys each new token attends to (itself included), in
+            tokens: a whole number > 0, an array of them, or one text count such as ``"128k"``.
+
+    Keyword Args:
+        bytes_per_param (float | array-like): Bytes per weight: 2 for 16-bit, 1 for 8-bit, 0.5
+            for 4-bit; > 0, numbers only. Default 2.
+        kv_bytes_per_value (float | array-like): Bytes per cached key or value element, as
+            ``bytes_per_param``. Default 2.
+        dtype (str | None): The dtype whose peak is used; None (the default) takes
+            ``peak_16bit``.
+        n_devices (int | str | array-like): Devices serving the model, a whole number > 0; it
+            does not change b*. Default 1.
+
+    Returns:
+        float | numpy.ndarray: b*, in sequences (a real number; ``inf`` where no batch is
+        compute-bound): a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If an argument is not valid (as for :func:`decode_step_time`); the message
+            names it.
     """
     h = as_hardware(hardware)
     peak = _peak(h, dtype)
@@ -187,13 +287,35 @@ def max_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2, 
     """How many sequences of ``context`` tokens fit, with their KV caches, beside the weights.
 
     ``floor((n_devices * memory - param_count(m) * bytes_per_param) / kv_cache_bytes(m, 1,
-    context, kv_bytes_per_value))``, and 0 where the weights alone do not fit. {serving}
+    context, kv_bytes_per_value))``, and 0 where the weights alone do not fit.
+
+    {serving}
+
     Nothing is duplicated, so the memory of the devices is pooled. Activations, the
     framework's buffers and quantisation scales are left out, so real servers fit somewhat
-    fewer. Derived in the chapter "Inference". ``hardware`` is a :class:`flopsbook.Hardware`
-    or its registry name, of which ``memory_bytes`` is used. Returns a whole number as
-    float64; broadcasts over ``context``, ``bytes_per_param``, ``kv_bytes_per_value`` and
-    ``n_devices``.
+    fewer. Derived in the chapter "Inference". Of ``hardware``, ``memory_bytes`` is used.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        hardware (Hardware | str): The accelerator: a :class:`Hardware` or a registry name.
+        context (int | str | array-like): Tokens per sequence (its KV cache): a whole number > 0,
+            an array of them, or one text count such as ``"128k"``.
+
+    Keyword Args:
+        bytes_per_param (float | array-like): Bytes per weight: 2 for 16-bit, 1 for 8-bit, 0.5
+            for 4-bit; > 0, numbers only. Default 2.
+        kv_bytes_per_value (float | array-like): Bytes per cached key or value element, as
+            ``bytes_per_param``. Default 2.
+        n_devices (int | str | array-like): Devices serving the model by tensor parallelism, a
+            whole number > 0. Default 1.
+
+    Returns:
+        float | numpy.ndarray: Sequences: a whole number as float64 (0 where the weights do not
+        fit); an array when broadcasting over ``context``, ``bytes_per_param``,
+        ``kv_bytes_per_value`` and ``n_devices``.
+
+    Raises:
+        ValueError: If an argument is not valid; the message names it.
     """
     from .spec import param_count
 
@@ -221,8 +343,36 @@ def serving_cost(m, hardware, batch, context, price_per_device_hour, *, n_device
     fixed at every step (pass the longest context a generation reaches for a bound that covers
     it, or the mean for an average); prefill is not included (its FLOPs are compute-bound and
     are billed per prompt token), nor idle time, communication or a batch that is not full.
-    A ``batch`` whose KV caches do not fit beside the weights (:func:`max_batch`) is a
-    ``ValueError`` saying so. Arguments as :func:`decode_step_time`; broadcasts.
+    Arguments as :func:`decode_step_time`; broadcasts.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        hardware (Hardware | str): The accelerator: a :class:`Hardware` or a registry name.
+        batch (int | str | array-like): Sequences decoded together, a whole number > 0 that fits
+            (:func:`max_batch`), an array of them, or one text count.
+        context (int | str | array-like): Keys each new token attends to, in tokens, as
+            ``batch`` (e.g. ``"32k"``).
+        price_per_device_hour (float | array-like): Dollars per device per hour, > 0; numbers
+            only.
+
+    Keyword Args:
+        n_devices (int | str | array-like): Devices serving the model by tensor parallelism, a
+            whole number > 0; each is paid for. Default 1.
+        bytes_per_param (float | array-like): Bytes per weight: 2 for 16-bit, 1 for 8-bit, 0.5
+            for 4-bit; > 0, numbers only. Default 2.
+        kv_bytes_per_value (float | array-like): Bytes per cached key or value element, as
+            ``bytes_per_param``. Default 2.
+        dtype (str | None): The dtype whose peak is used; None (the default) takes
+            ``peak_16bit``.
+
+    Returns:
+        float | numpy.ndarray: Dollars per million generated tokens: a float, or an array when
+        an argument is one.
+
+    Raises:
+        ValueError: If the KV caches of ``batch`` sequences do not fit beside the weights
+            (:func:`max_batch`; the message says how many fit), or another argument is not
+            valid; the message names the argument.
     """
     price = as_array("price_per_device_hour", price_per_device_hour)
     fits = max_batch(m, hardware, context, bytes_per_param=bytes_per_param,

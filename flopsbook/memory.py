@@ -3,7 +3,9 @@
 Two formulas: the *model states* (weights, fp32 master weights, gradients, optimizer states) of
 ``training_memory``, per device, with ZeRO sharding; and the *activations* kept for the
 backward pass of ``activation_memory`` (per layer, by tensor, in ``activation_breakdown``),
-following Korthikanti et al. (2022). All results are bytes, float64.
+following Korthikanti et al. (2022). ``memory_budget`` adds them up for one training step,
+with the logits and an allowance for buffers, and ``largest_micro_batch`` finds the largest
+micro-batch that fits a device. All results are bytes, float64.
 """
 
 from __future__ import annotations
@@ -39,7 +41,17 @@ MASK_BYTES = 1
 class TrainingMemory:
     """Bytes of the model states on one device; ``total`` is their sum.
 
-    Fields are float64 scalars, or arrays when an argument was an array.
+    Fields are float64 scalars, or arrays when an argument was an array. Returned by
+    :func:`~flopsbook.training_memory`.
+
+    Attributes:
+        weights (float | numpy.ndarray): Bytes of the weights forward and backward read (16-bit
+            in "mixed").
+        master_weights (float | numpy.ndarray): Bytes of the fp32 copy the optimizer updates
+            ("mixed" only; 0 otherwise).
+        gradients (float | numpy.ndarray): Bytes of the gradients.
+        optimizer_states (float | numpy.ndarray): Bytes of the optimizer states (Adam's two
+            moments, or the momentum).
     """
 
     weights: object           # the weights forward and backward read (16-bit in "mixed")
@@ -49,10 +61,15 @@ class TrainingMemory:
 
     @property
     def total(self):
+        """float | numpy.ndarray: Bytes of the four parts together."""
         return result(sum(np.asarray(getattr(self, f.name)) for f in fields(self)))
 
     def as_dict(self) -> dict:
-        """The four parts (and ``total``) by name, for tables and stacked bars."""
+        """The four parts (and ``total``) by name, for tables and stacked bars.
+
+        Returns:
+            dict[str, float | numpy.ndarray]: Bytes by part name, and ``total``.
+        """
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["total"] = self.total
         return out
@@ -80,8 +97,30 @@ def training_memory(n_params, *, precision="mixed", optimizer="adamw", zero_stag
 
     ZeRO (Rajbhandari et al. 2020) shards over ``n_devices`` data-parallel devices: stage 1 the
     optimizer states *and* the fp32 master copy, stage 2 also the gradients, stage 3 also the
-    working weights. ``n_params`` is a count, text ("7B"), a ``Transformer`` or a model name.
-    Broadcasts over ``n_params`` and ``n_devices``.
+    working weights. Broadcasts over ``n_params`` and ``n_devices``.
+
+    Args:
+        n_params (float | str | Transformer | array-like): Parameters, a count > 0, one text
+            count such as ``"7B"``, or a :class:`Transformer` or model name (its
+            ``param_count``).
+
+    Keyword Args:
+        precision (str): ``"mixed"`` (the default), ``"fp32"`` or ``"bf16"``.
+        optimizer (str): ``"adamw"`` (the default), ``"adam"``, ``"sgd-momentum"``,
+            ``"lion"`` or ``"sgd"``: 2, 2, 1, 1 and 0 states per parameter.
+        zero_stage (int): ZeRO stage: 0 (the default, no sharding), 1, 2 or 3.
+        n_devices (int | str | array-like): Data-parallel devices ZeRO shards over, a whole
+            number > 0. Default 1.
+        grad_dtype (str | None): ``"fp32"``, ``"bf16"`` or ``"fp16"``; None (the default) is
+            the dtype of the working weights.
+
+    Returns:
+        TrainingMemory: Bytes per device, by part.
+
+    Raises:
+        ValueError: If ``n_params`` or ``n_devices`` is not valid, ``precision``, ``optimizer``
+            or ``grad_dtype`` is not one of its values, or ``zero_stage`` is not the int 0, 1,
+            2 or 3 (True is not stage 1); the message names the argument.
     """
     n = as_array("n_params", n_params, kind="params")
     d = as_array("n_devices", n_devices, integer=True, kind="count")
@@ -169,13 +208,42 @@ def activation_breakdown(m, batch, seq_len, *, recompute="none", tensor_parallel
     What it assumes: a pre-norm block (two norms, each keeping its input and its output, the
     latter being the next matmul's input); activations of ``bytes_per_value`` bytes; dropout
     after the softmax, the attention block and the FFN, with 1-byte masks; per-token norm
-    statistics and FlashAttention's softmax statistics left out (a few values per token, not
-    per feature). Tensor parallelism over ``tensor_parallel`` devices splits everything
-    between the first and the last matmul of each block (q, k, v, the score tensors, the
-    attention output, the FFN's inner tensors); ``sequence_parallel`` splits the rest (norms,
-    residual-side dropout masks) along the sequence. ``recompute="selective"`` and
-    ``flash_attention`` drop the s^2 tensors (softmax output, its dropout mask and output);
-    ``recompute="full"`` keeps only each layer's input.
+    statistics and FlashAttention's softmax statistics left out (a few values per token, not per
+    feature). Tensor parallelism over ``tensor_parallel`` devices splits everything between the
+    first and the last matmul of each block (q, k, v, the score tensors, the attention output,
+    the FFN's inner tensors); ``sequence_parallel`` splits the rest (norms, residual-side
+    dropout masks) along the sequence. ``recompute="selective"`` and ``flash_attention`` drop
+    the s^2 tensors (softmax output, its dropout mask and output); ``recompute="full"`` keeps
+    only each layer's input.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        batch (int | str | array-like): Sequences per device (the micro-batch), a whole number
+            > 0, an array of them, or one text count.
+        seq_len (int | str | array-like): Tokens per sequence, as ``batch`` (e.g. ``"4k"``).
+
+    Keyword Args:
+        recompute (str): Activation recomputation: ``"none"`` (the default), ``"selective"``
+            or ``"full"``.
+        tensor_parallel (int | str | array-like): Devices the layers are split over by tensor
+            parallelism, a whole number > 0. Default 1.
+        sequence_parallel (bool): Also split the tensors outside the tensor-parallel region
+            along the sequence. Default False.
+        flash_attention (bool): A fused attention kernel that keeps no s^2 tensors. Default
+            False.
+        dropout (bool): Whether the model uses dropout (its masks and outputs are kept).
+            Default True.
+        bytes_per_value (float | array-like): Bytes per activation value (2 for 16-bit, 4 for
+            fp32), > 0; numbers only. Default 2.
+
+    Returns:
+        dict[str, float | numpy.ndarray]: Bytes of one layer on one device, by tensor name; each
+        a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If ``m`` is not a model, a count is not a positive whole number,
+            ``recompute`` is not one of its values or a switch is not True or False; the
+            message names the argument.
     """
     terms, bases = _activation_terms(m, batch, seq_len, recompute, tensor_parallel,
                                      sequence_parallel, flash_attention, dropout,
@@ -199,9 +267,37 @@ def activation_memory(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
     - selective recomputation (or FlashAttention): the ``5*a*s/h`` terms vanish;
     - full recomputation: ``2*s*b*h`` (divided by t with sequence parallel).
 
-    The embedding and the output layer (logits) are not included, nor the transient working
-    set of the layer being recomputed or differentiated. Broadcasts over ``batch``,
-    ``seq_len``, ``tensor_parallel`` and ``bytes_per_value``.
+    The embedding and the output layer (logits) are not included, nor the transient working set
+    of the layer being recomputed or differentiated. Broadcasts over ``batch``, ``seq_len``,
+    ``tensor_parallel`` and ``bytes_per_value``.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        batch (int | str | array-like): Sequences per device (the micro-batch), a whole number
+            > 0, an array of them, or one text count.
+        seq_len (int | str | array-like): Tokens per sequence, as ``batch`` (e.g. ``"4k"``).
+
+    Keyword Args:
+        recompute (str): Activation recomputation: ``"none"`` (the default), ``"selective"``
+            or ``"full"``.
+        tensor_parallel (int | str | array-like): Devices the layers are split over by tensor
+            parallelism, a whole number > 0. Default 1.
+        sequence_parallel (bool): Also split the tensors outside the tensor-parallel region
+            along the sequence. Default False.
+        flash_attention (bool): A fused attention kernel that keeps no s^2 tensors. Default
+            False.
+        dropout (bool): Whether the model uses dropout (its masks and outputs are kept).
+            Default True.
+        bytes_per_value (float | array-like): Bytes per activation value (2 for 16-bit, 4 for
+            fp32), > 0; numbers only. Default 2.
+
+    Returns:
+        float | numpy.ndarray: Bytes per device: a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If ``m`` is not a model, a count is not a positive whole number,
+            ``recompute`` is not one of its values or a switch is not True or False; the
+            message names the argument.
     """
     m = as_spec(m)
     terms, bases = _activation_terms(m, batch, seq_len, recompute, tensor_parallel,
@@ -220,10 +316,24 @@ LOGITS_DTYPES = ("fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class MemoryBudget:
-    """Per-device bytes of a training step, by part (see :func:`memory_budget`).
+    """Per-device bytes of a training step, by part (see :func:`~flopsbook.memory_budget`).
 
-    Fields are float64 scalars, or arrays when an argument was an array. ``total`` is their
-    sum; ``fits(hardware)`` compares it with a device's memory.
+    Fields are float64 scalars, or arrays when an argument was an array. ``total`` is their sum;
+    ``fits(hardware)`` compares it with a device's memory.
+
+    Attributes:
+        weights (float | numpy.ndarray): Bytes of the working weights (16-bit in "mixed").
+        master_weights (float | numpy.ndarray): Bytes of the fp32 copy the optimizer updates
+            ("mixed" only).
+        gradients (float | numpy.ndarray): Bytes of the gradients.
+        optimizer_states (float | numpy.ndarray): Bytes of the optimizer states.
+        activations (float | numpy.ndarray): Bytes the layers keep for the backward pass.
+        recompute_working_set (float | numpy.ndarray): Bytes of the transient of the layer
+            being recomputed.
+        logits (float | numpy.ndarray): Bytes of the output layer's logits (in their stated
+            dtype).
+        buffers (float | numpy.ndarray): Bytes of framework buffers and fragmentation: the
+            caller's allowance.
     """
 
     weights: object                # working weights (16-bit in "mixed")
@@ -237,17 +347,32 @@ class MemoryBudget:
 
     @property
     def total(self):
+        """float | numpy.ndarray: Bytes of all the parts together."""
         return result(sum(np.asarray(getattr(self, f.name)) for f in fields(self)))
 
     def as_dict(self) -> dict:
-        """Every part (and ``total``) by name, for tables and stacked bars."""
+        """Every part (and ``total``) by name, for tables and stacked bars.
+
+        Returns:
+            dict[str, float | numpy.ndarray]: Bytes by part name, and ``total``.
+        """
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["total"] = self.total
         return out
 
     def fits(self, hardware):
-        """Whether ``total`` is at most the device memory (``Hardware.memory_bytes``) of
-        ``hardware``, a ``Hardware`` or its registry name; an array when broadcasting."""
+        """Whether ``total`` is at most the device memory of ``hardware``.
+
+        Args:
+            hardware (Hardware | str): A :class:`~flopsbook.Hardware` or its registry name, whose
+                ``memory_bytes`` is compared.
+
+        Returns:
+            bool | numpy.ndarray: True where the step fits; an array of booleans when broadcasting.
+
+        Raises:
+            ValueError: If ``hardware`` is neither a ``Hardware`` nor a registry name.
+        """
         from ._validate import as_hardware
 
         ok = np.asarray(self.total) <= as_hardware(hardware).memory_bytes
@@ -264,11 +389,10 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
                   grad_dtype=None, zero_stage=0, n_devices=1, tensor_parallel=1,
                   sequence_parallel=False, recompute="none", flash_attention=False,
                   dropout=True, logits_dtype="fp32", buffers=0.0):
-    """Per-device bytes of one training step: will it fit? Returns a :class:`MemoryBudget`.
+    """Per-device bytes of one training step: will it fit?
 
-    Derived in the chapter "Memory budgets for training". ``m`` is a ``Transformer`` or a model
-    name; ``batch`` the per-device micro-batch (sequences) and ``seq_len`` its length (counts,
-    text such as "4k" read). ``n_devices`` is the devices the job spans: the model is split
+    Returns a :class:`~flopsbook.memory.MemoryBudget`. Derived in the chapter "Memory budgets
+    for training". ``n_devices`` is the devices the job spans: the model is split
     ``tensor_parallel`` ways (which must divide it) and ZeRO's ``zero_stage`` shards the model
     states over the ``n_devices / tensor_parallel`` data-parallel copies.
 
@@ -286,6 +410,43 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
       fraction (0 <= x < 1) of all the other parts, or bytes (x >= 1, or text "2GB").
 
     Broadcasts over ``batch``, ``seq_len`` and ``n_params``.
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        batch (int | str | array-like): The per-device micro-batch, in sequences: a whole number
+            > 0, an array of them, or one text count.
+        seq_len (int | str | array-like): Tokens per sequence, as ``batch`` (e.g. ``"4k"``).
+
+    Keyword Args:
+        n_params (float | str | Transformer | array-like | None): Parameters of the model
+            states, a count > 0, text such as ``"7B"``, or a model; None (the default) is
+            ``param_count(m)``.
+        precision (str): ``"mixed"`` (the default), ``"fp32"`` or ``"bf16"`` (as
+            :func:`training_memory`).
+        optimizer (str): As :func:`training_memory`; default ``"adamw"``.
+        grad_dtype (str | None): As :func:`training_memory`; default None.
+        zero_stage (int): ZeRO stage 0 (the default), 1, 2 or 3.
+        n_devices (int | str | array-like): The devices the job spans, a whole number > 0.
+            Default 1.
+        tensor_parallel (int | str | array-like): Tensor-parallel ways, a whole number > 0 that
+            divides ``n_devices``. Default 1.
+        sequence_parallel (bool): Sequence parallelism (see :func:`activation_breakdown`).
+            Default False.
+        recompute (str): ``"none"`` (the default), ``"selective"`` or ``"full"``.
+        flash_attention (bool): A fused attention kernel (no s^2 tensors). Default False.
+        dropout (bool): Whether the model uses dropout. Default True.
+        logits_dtype (str | None): ``"fp32"`` (the default), ``"bf16"``, ``"fp16"``, or None
+            to leave the logits out.
+        buffers (float | str | array-like): A fraction (0 <= x < 1) of the other parts, or
+            bytes (x >= 1, or one text size such as ``"2GB"``). Default 0.
+
+    Returns:
+        MemoryBudget: Bytes per device, by part.
+
+    Raises:
+        ValueError: If ``tensor_parallel`` does not divide ``n_devices``, or any argument is not
+            valid (as for :func:`training_memory` and :func:`activation_memory`); the message
+            names the argument.
     """
     from ._validate import as_spec
     from .spec import param_count
@@ -327,10 +488,27 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
 
 
 def largest_micro_batch(m, seq_len, hardware, **budget_kwargs):
-    """The largest per-device micro-batch whose :func:`memory_budget` fits ``hardware`` (its
-    ``memory_bytes``); 0 when not even one sequence fits. ``budget_kwargs`` are those of
-    :func:`memory_budget`. Every part but the model states grows linearly in the batch, so the
-    answer is a floor of the free memory over the bytes of one sequence (a scalar ``seq_len``).
+    """The largest per-device micro-batch whose :func:`memory_budget` fits ``hardware``.
+
+    The budget must fit within the device's ``memory_bytes``; 0 when not even one sequence
+    fits. Every part but the model states grows linearly in the batch, so the answer is a floor
+    of the free memory over the bytes of one sequence (a scalar ``seq_len``).
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        seq_len (int | str): Tokens per sequence: one whole number > 0 or one text count such
+            as ``"4k"`` (not an array).
+        hardware (Hardware | str): The device: a :class:`Hardware` or a registry name.
+        **budget_kwargs: The keyword arguments of :func:`memory_budget` (``precision``,
+            ``zero_stage``, ``n_devices``, ``recompute``, ...), each a single value.
+
+    Returns:
+        int: The number of sequences per device (a Python int, >= 0).
+
+    Raises:
+        ValueError: If an argument is not valid for :func:`memory_budget`, ``hardware`` is not
+            a ``Hardware`` or registry name, or ``seq_len`` or a keyword argument is a list,
+            tuple or array; the message names the argument.
     """
     from ._validate import as_hardware
 

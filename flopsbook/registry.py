@@ -1,4 +1,10 @@
-"""Published model configurations and accelerators, each with a key into book/references.bib."""
+"""Published model configurations and accelerators, each with a key into book/references.bib.
+
+``model(name)`` and ``hardware(name)`` look one up, ``models()`` and ``hardwares()`` list the
+names, and every formula that takes a model or an accelerator also takes its name. A
+:class:`Hardware` holds its memory in bytes, its bandwidth in bytes/s and its dense peaks in
+FLOP/s.
+"""
 
 from __future__ import annotations
 
@@ -87,13 +93,25 @@ _MODELS = {m.name: m for m in [
 def model(name: str) -> Transformer:
     """A published configuration by name (e.g. ``"llama3-8b"``); see ``models()`` for the list.
 
-    A ``ValueError`` lists the closest names when ``name`` is unknown.
+    Args:
+        name (str): A registry model name, exactly as :func:`models` lists it.
+
+    Returns:
+        Transformer: The registry's spec (frozen: the same object on every call).
+
+    Raises:
+        ValueError: If ``name`` is not a str or not a registry name; the message lists the
+            closest names.
     """
     return _lookup("model", name, _MODELS)
 
 
 def models() -> list[str]:
-    """Names of every model in the registry, in the order the book introduces them."""
+    """Names of every model in the registry, in the order the book introduces them.
+
+    Returns:
+        list[str]: The model names, each accepted wherever a model argument is.
+    """
     return list(_MODELS)
 
 
@@ -101,12 +119,28 @@ def models() -> list[str]:
 class Hardware:
     """An accelerator: dense peak FLOP/s per dtype, memory in bytes, bandwidth in bytes/s.
 
-    ``peak_flops`` maps a dtype name ("fp32", "tf32", "bf16", "fp16", "fp8", "int8") to its
-    dense peak in FLOP/s (OP/s for int8); ``memory_bytes`` is the device memory in bytes;
-    ``bandwidth`` is the HBM bandwidth in bytes/s (one device, reads and writes together);
-    ``source`` is a key of ``book/references.bib``. Every field is validated: a negative memory
-    or a zero bandwidth is a ``ValueError`` naming the field. All peaks are dense (no 2:4
-    sparsity): vendors' headline tensor-core numbers are often twice these.
+    ``peak_flops`` maps a dtype name ("fp32", "tf32", "bf16", "fp16", "fp8", "int8") to its dense
+    peak in FLOP/s (OP/s for int8); ``memory_bytes`` is the device memory in bytes; ``bandwidth``
+    is the HBM bandwidth in bytes/s (one device, reads and writes together); ``source`` is a key
+    of ``book/references.bib``. Every field is validated: a negative memory or a zero bandwidth is
+    a ``ValueError`` naming the field. All peaks are dense (no 2:4 sparsity): vendors' headline
+    tensor-core numbers are often twice these. A peak, the memory and the bandwidth may be given
+    as one text quantity each ("989 TFLOP/s", "80GB", "3.35 TB/s"); they are stored as floats.
+
+    Attributes:
+        name (str): Registry name, e.g. ``"h100-sxm"``.
+        peak_flops (Mapping[str, float]): Dense peak FLOP/s by dtype name (a read-only mapping);
+            it must have a 16-bit peak, ``"bf16"`` or ``"fp16"``.
+        memory_bytes (float): Device memory, bytes, > 0.
+        bandwidth (float): HBM bandwidth, bytes/s, > 0.
+        source (str): Key of ``book/references.bib``.
+        notes (str): The variant and caveats; ignored by ``==``.
+
+    Raises:
+        ValueError: If ``name``, ``source`` or ``notes`` is not a str, ``peak_flops`` is not a
+            non-empty mapping of dtype names, a peak, the memory or the bandwidth is not a
+            positive finite number (or readable text), or there is no 16-bit peak; the message
+            names the field (``Hardware.bandwidth``, ``Hardware.peak_flops['bf16']``, ...).
     """
 
     name: str
@@ -139,18 +173,36 @@ class Hardware:
                              f"book's default peak; got {', '.join(checked)}")
 
     def peak(self, dtype: str = "bf16") -> float:
-        """Dense peak FLOP/s for ``dtype`` (e.g. "bf16", "fp16", "tf32", "fp32", "fp8")."""
+        """Dense peak FLOP/s for ``dtype`` (e.g. "bf16", "fp16", "tf32", "fp32", "fp8").
+
+        Args:
+            dtype (str): A key of ``peak_flops`` that this device has: "fp32", "tf32", "bf16",
+                "fp16", "fp8" or "int8" (an int8 peak is in OP/s). Default ``"bf16"``.
+
+        Returns:
+            float: The dense peak of one device, FLOP/s (no sparsity).
+
+        Raises:
+            ValueError: If this device has no peak for ``dtype``; the message names ``dtype`` and
+                lists the closest dtypes it has.
+        """
         return _lookup(f"dtype (for {self.name})", dtype, self.peak_flops, "dtype")
 
     @property
     def peak_16bit(self) -> float:
-        """The 16-bit tensor peak the book uses by default: bf16, or fp16 where there is no
-        bf16 (the V100)."""
+        """float: The 16-bit tensor peak the book uses by default, FLOP/s.
+
+        bf16, or fp16 where there is no bf16 (the V100).
+        """
         return self.peak("bf16" if "bf16" in self.peak_flops else "fp16")
 
     @property
     def balance(self) -> float:
-        """FLOPs per byte at which a kernel turns compute-bound: 16-bit peak / bandwidth."""
+        """float: FLOPs per byte at which a kernel turns compute-bound: 16-bit peak / bandwidth.
+
+        The machine balance ``peak_16bit / bandwidth``, in FLOP/byte: a kernel of higher arithmetic
+        intensity is compute-bound on this device, one of lower intensity memory-bound.
+        """
         return self.peak_16bit / self.bandwidth
 
 
@@ -179,10 +231,26 @@ _HARDWARE = {h.name: h for h in [
 
 
 def hardware(name: str) -> Hardware:
-    """An accelerator by name; see ``hardwares()`` for the list."""
+    """An accelerator by name; see ``hardwares()`` for the list.
+
+    Args:
+        name (str): A registry accelerator name such as ``"h100-sxm"``, exactly as
+            :func:`hardwares` lists it.
+
+    Returns:
+        Hardware: The registry's accelerator (frozen: the same object on every call).
+
+    Raises:
+        ValueError: If ``name`` is not a str or not a registry name; the message lists the
+            closest names.
+    """
     return _lookup("hardware", name, _HARDWARE)
 
 
 def hardwares() -> list[str]:
-    """Names of every accelerator in the registry."""
+    """Names of every accelerator in the registry.
+
+    Returns:
+        list[str]: The accelerator names, each accepted wherever a hardware argument is.
+    """
     return list(_HARDWARE)

@@ -23,8 +23,25 @@ from ._validate import as_array, result, shown
 
 @dataclass(frozen=True)
 class ScalingFit:
-    """A named scaling law: the five constants of L = E + A/N^alpha + B/D^beta, or a fixed
-    ratio of tokens to parameters (a rule of thumb, which has no loss law)."""
+    """A named scaling law: the five constants of L = E + A/N^alpha + B/D^beta, or a fixed ratio.
+
+    The fixed ratio of tokens to parameters is a rule of thumb, which has no loss law: its
+    ``E``, ``A``, ``B``, ``alpha`` and ``beta`` are None. N and D are counts (parameters and
+    tokens, not billions); the loss is cross-entropy per token, in nats, on the fit's data and
+    tokenizer. Chapter "Scaling laws".
+
+    Attributes:
+        name (str): The fit's name, as :func:`~flopsbook.scaling_fits` lists it.
+        source (str): Key of ``book/references.bib``.
+        E (float | None): The irreducible loss, nats per token.
+        A (float | None): Coefficient of the parameter term A/N^alpha.
+        B (float | None): Coefficient of the data term B/D^beta.
+        alpha (float | None): Exponent of N.
+        beta (float | None): Exponent of D.
+        tokens_per_param (float | None): D / N of a ratio rule (20 for Chinchilla's rule of
+            thumb); None for a loss law.
+        notes (str): Where the constants come from.
+    """
 
     name: str
     source: str
@@ -38,23 +55,27 @@ class ScalingFit:
 
     @property
     def has_loss(self) -> bool:
+        """bool: Whether the fit has a loss law (``E`` is set), not only a ratio rule."""
         return self.E is not None
 
     @property
     def G(self) -> float:
-        """(alpha A / (beta B))^(1/(alpha+beta)): N_opt at C/6 = 1 (for a ratio rule, 1/sqrt(r))."""
+        """float: (alpha A / (beta B))^(1/(alpha+beta)): N_opt at C/6 = 1.
+
+        For a ratio rule of r tokens per parameter, 1/sqrt(r).
+        """
         if not self.has_loss:
             return 1.0 / np.sqrt(self.tokens_per_param)
         return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
 
     @property
     def a(self) -> float:
-        """Exponent of N_opt in C: beta / (alpha + beta) (1/2 for a ratio rule)."""
+        """float: Exponent of N_opt in C: beta / (alpha + beta) (1/2 for a ratio rule)."""
         return 0.5 if not self.has_loss else self.beta / (self.alpha + self.beta)
 
     @property
     def b(self) -> float:
-        """Exponent of D_opt in C: alpha / (alpha + beta) (1/2 for a ratio rule)."""
+        """float: Exponent of D_opt in C: alpha / (alpha + beta) (1/2 for a ratio rule)."""
         return 0.5 if not self.has_loss else self.alpha / (self.alpha + self.beta)
 
 
@@ -78,7 +99,19 @@ _FITS = {f.name: f for f in [
 
 
 def scaling_fit(fit) -> ScalingFit:
-    """A named fit (see ``scaling_fits()``), or a ``ScalingFit`` passed through unchanged."""
+    """A named fit (see ``scaling_fits()``), or a ``ScalingFit`` passed through unchanged.
+
+    Args:
+        fit (str | ScalingFit): A fit name, exactly as :func:`scaling_fits` lists it, or a
+            :class:`ScalingFit`.
+
+    Returns:
+        ScalingFit: The fit.
+
+    Raises:
+        ValueError: If ``fit`` is neither a ``ScalingFit`` nor a fit name; the message names
+            ``fit`` and lists the names.
+    """
     if isinstance(fit, ScalingFit):
         return fit
     if isinstance(fit, str) and fit in _FITS:
@@ -88,7 +121,11 @@ def scaling_fit(fit) -> ScalingFit:
 
 
 def scaling_fits() -> list[str]:
-    """Names of every fit, in the order the chapter introduces them."""
+    """Names of every fit, in the order the chapter introduces them.
+
+    Returns:
+        list[str]: The fit names, each accepted wherever a ``fit`` argument is.
+    """
     return list(_FITS)
 
 
@@ -97,6 +134,23 @@ def chinchilla_loss(n_params, n_tokens, fit="hoffmann2022"):
 
     ``n_params`` and ``n_tokens`` are counts (not billions) and broadcast. A fit without a loss
     law (the ``"tokens-per-param-20"`` rule) raises ``ValueError``. Chapter "Scaling laws".
+
+    Args:
+        n_params (float | str | Transformer | array-like): Parameters N, a count > 0, one text
+            count such as ``"70B"``, or a :class:`Transformer` or model name (its
+            ``param_count``).
+        n_tokens (float | str | array-like): Training tokens D, a count > 0, or one text count
+            such as ``"1.4T"``.
+        fit (str | ScalingFit): A fit name (see :func:`scaling_fits`) or a
+            :class:`ScalingFit` with a loss law. Default ``"hoffmann2022"``.
+
+    Returns:
+        float | numpy.ndarray: The loss, nats per token (of the fit's data and tokenizer): a
+        float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If ``fit`` is unknown or has no loss law, or a count is not valid; the
+            message names the argument.
     """
     f = _loss_law(fit)
     n = as_array("n_params", n_params, kind="params")
@@ -111,6 +165,22 @@ def tokens_for_loss(n_params, loss, fit="hoffmann2022"):
     D = (B / (loss - E - A/N^alpha))^(1/beta). A model too small to reach ``loss`` with any
     number of tokens (loss <= E + A/N^alpha) needs infinitely many: ``inf``. Counts, not
     billions; broadcasts. Chapter "Scaling laws" (inference-aware model size).
+
+    Args:
+        n_params (float | str | Transformer | array-like): Parameters N, a count > 0, one text
+            count such as ``"7B"``, or a :class:`Transformer` or model name (its
+            ``param_count``).
+        loss (float | array-like): The target loss, nats per token, > 0; numbers only.
+        fit (str | ScalingFit): A fit name (see :func:`scaling_fits`) or a
+            :class:`ScalingFit` with a loss law. Default ``"hoffmann2022"``.
+
+    Returns:
+        float | numpy.ndarray: Tokens D (``inf`` where the loss is out of reach): a float, or
+        an array when an argument is one.
+
+    Raises:
+        ValueError: If ``fit`` is unknown or has no loss law, or ``n_params`` or ``loss`` is
+            not valid; the message names the argument.
     """
     f = _loss_law(fit)
     n = as_array("n_params", n_params, kind="params")
@@ -137,6 +207,20 @@ def chinchilla_optimal(compute, fit="hoffmann2022"):
     N_opt = G (C/6)^a and D_opt = G^-1 (C/6)^b with G = (alpha A / (beta B))^(1/(alpha+beta)),
     a = beta/(alpha+beta), b = alpha/(alpha+beta); the ``"tokens-per-param-20"`` rule gives
     N = sqrt(C / 120), D = 20 N. Broadcasts over arrays of budgets. Chapter "Scaling laws".
+
+    Args:
+        compute (float | str | array-like): The training budget C in FLOPs, > 0, or one text
+            count such as ``"5.76e23"``.
+        fit (str | ScalingFit): A fit name (see :func:`scaling_fits`) or a
+            :class:`ScalingFit` (a ratio rule too). Default ``"hoffmann2022"``.
+
+    Returns:
+        tuple: ``(n_params, n_tokens)``: N_opt parameters and D_opt tokens (counts), each a
+        float, or an array when ``compute`` is one; 6 N D = C to rounding.
+
+    Raises:
+        ValueError: If ``fit`` is unknown or ``compute`` is not valid; the message names the
+            argument.
     """
     f = scaling_fit(fit)
     c6 = as_array("compute", compute, kind="count") / 6.0
@@ -147,8 +231,22 @@ def chinchilla_optimal(compute, fit="hoffmann2022"):
 
 @dataclass(frozen=True)
 class InferenceAwareOptimum:
-    """The model that reaches a loss for the fewest lifetime FLOPs (see
-    :func:`inference_aware_optimal`). Fields are floats, or arrays when broadcasting."""
+    """The model that reaches a loss for the fewest lifetime FLOPs.
+
+    Returned by :func:`~flopsbook.inference_aware_optimal`. Fields are floats, or arrays when
+    broadcasting; where the loss is unreachable every count is ``inf`` and ``flops_saved`` is 0.
+
+    Attributes:
+        n_params (float | numpy.ndarray): N, the parameters of the cheapest model over its
+            lifetime.
+        n_tokens (float | numpy.ndarray): D_train, the tokens it trains on to reach the loss.
+        flops (float | numpy.ndarray): Its lifetime FLOPs, 6 N D_train + 2 N D_inference.
+        chinchilla_n_params (float | numpy.ndarray): Parameters of the compute-optimal model of
+            the same loss.
+        chinchilla_n_tokens (float | numpy.ndarray): The tokens that model trains on.
+        chinchilla_flops (float | numpy.ndarray): Its training plus the same inference, FLOPs.
+        flops_saved (float | numpy.ndarray): ``chinchilla_flops - flops`` (>= 0), FLOPs.
+    """
 
     n_params: object              # N: parameters of the cheapest model over its lifetime
     n_tokens: object              # D_train: the tokens it trains on to reach the loss
@@ -171,8 +269,24 @@ def inference_aware_optimal(loss, inference_tokens, fit="hoffmann2022"):
     loss, (A / (loss - E))^(1/alpha), and the compute-optimal one,
     (A (alpha + beta) / (beta (loss - E)))^(1/alpha): found by bisection in log N. A loss at or
     below E is unreachable: every count is ``inf`` and ``flops_saved`` is 0. Returns an
-    :class:`InferenceAwareOptimum`; broadcasts over ``loss`` and ``inference_tokens``. Chapter
-    "Scaling laws" (inference-aware model size).
+    :class:`~flopsbook.scaling.InferenceAwareOptimum`; broadcasts over ``loss`` and
+    ``inference_tokens``. Chapter "Scaling laws" (inference-aware model size).
+
+    Args:
+        loss (float | array-like): The target loss, nats per token, > 0; numbers only.
+        inference_tokens (float | str | array-like): D_inf, the tokens served over the model's
+            life, >= 0, or one text count such as ``"2T"``.
+        fit (str | ScalingFit): A fit name (see :func:`scaling_fits`) or a
+            :class:`ScalingFit` with a loss law. Default ``"hoffmann2022"``.
+
+    Returns:
+        InferenceAwareOptimum: The cheapest model and the compute-optimal one, with their
+        tokens and lifetime FLOPs.
+
+    Raises:
+        ValueError: If ``fit`` is unknown or has no loss law, an argument is not valid, or
+            ``loss`` is so high that a model of under one parameter reaches it; the message
+            names the argument.
     """
     f = _loss_law(fit)
     target = as_array("loss", loss)

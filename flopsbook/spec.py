@@ -23,13 +23,46 @@ NORM_KINDS = ("layernorm", "rmsnorm")
 class Transformer:
     """A decoder-only (or encoder) transformer, described precisely enough to count it.
 
-    ``n_kv_heads`` defaults to ``n_heads`` (multi-head attention); 1 is multi-query attention,
-    anything in between grouped-query attention. ``d_head`` defaults to
-    ``d_model // n_heads`` and then ``n_heads`` must divide ``d_model``. ``d_ff`` defaults to
-    ``4 * d_model`` for both FFN kinds. ``positional="relative"`` is Transformer-XL's scheme
-    (Gopher, Chinchilla): one extra ``d_model x n_heads*d_head`` projection of the position
-    encodings per layer plus two bias vectors. ``extra_params`` holds parameters outside what
-    the spec models (BERT's token-type embeddings and pooler); they do no per-token matmul.
+    Every field is a keyword argument. ``n_kv_heads`` defaults to ``n_heads`` (multi-head
+    attention); 1 is multi-query attention, anything in between grouped-query attention.
+    ``d_head`` defaults to ``d_model // n_heads`` and then ``n_heads`` must divide ``d_model``.
+    ``d_ff`` defaults to ``4 * d_model`` for both FFN kinds. ``positional="relative"`` is
+    Transformer-XL's scheme (Gopher, Chinchilla): one extra ``d_model x n_heads*d_head``
+    projection of the position encodings per layer plus two bias vectors. ``extra_params`` holds
+    parameters outside what the spec models (BERT's token-type embeddings and pooler); they do no
+    per-token matmul. The defaults are resolved when the spec is made, so every attribute below
+    is set (numpy integers become Python ints). Sizes are counts, not bytes.
+
+    Attributes:
+        n_layers (int): Number of transformer layers (blocks), > 0.
+        d_model (int): Model (residual stream) width, > 0.
+        n_heads (int): Number of query heads, > 0.
+        vocab_size (int): Vocabulary size, in tokens, > 0.
+        seq_len (int): Training sequence length (context), in tokens, > 0.
+        n_kv_heads (int): Number of key/value heads; must divide ``n_heads``. Default
+            ``n_heads``.
+        d_head (int): Width of one head. Default ``d_model // n_heads``.
+        d_ff (int): Hidden width of the feed-forward network. Default ``4 * d_model``.
+        ffn (str): ``"gelu"`` (default: an up and a down projection) or ``"swiglu"`` (a gate,
+            an up and a down projection).
+        tied_embeddings (bool): Whether the output layer shares the token embedding table.
+            Default True.
+        positional (str): ``"learned"`` (default: a ``seq_len x d_model`` table), ``"rope"``,
+            ``"none"`` or ``"relative"`` (Transformer-XL, see above).
+        norm (str): ``"layernorm"`` (default: a gain and a bias) or ``"rmsnorm"`` (a gain).
+        bias (bool): Whether the projections, the FFN and the LayerNorms have biases. Default
+            True; False is PaLM-style "no biases" (a LayerNorm keeps only its gain).
+        extra_params (int): Parameters outside what the spec models, >= 0. Default 0.
+        name (str): Registry name, or ``"custom"`` (the default).
+        source (str): Key of ``book/references.bib`` for a published configuration.
+        notes (str): What the spec leaves out or assumes; ignored by ``==``.
+
+    Raises:
+        ValueError: If a size is not a positive int, ``n_heads`` does not divide ``d_model``
+            (when ``d_head`` is not given), ``n_kv_heads`` does not divide ``n_heads``, ``ffn``,
+            ``positional`` or ``norm`` is not one of its kinds, ``tied_embeddings`` or ``bias``
+            is not True or False, ``extra_params`` is not an int >= 0, or ``name``, ``source``
+            or ``notes`` is not a str; the message names the field.
     """
 
     n_layers: int
@@ -86,12 +119,15 @@ class Transformer:
 
     @property
     def d_attn(self) -> int:
-        """Width of all query heads together (= d_model for standard multi-head attention)."""
+        """int: Width of all query heads together, ``n_heads * d_head``.
+
+        Equal to ``d_model`` for standard multi-head attention.
+        """
         return self.n_heads * self.d_head
 
     @property
     def d_kv(self) -> int:
-        """Width of all key (or value) heads together."""
+        """int: Width of all key (or value) heads together, ``n_kv_heads * d_head``."""
         return self.n_kv_heads * self.d_head
 
 
@@ -103,10 +139,18 @@ def _norm_params(m: Transformer) -> int:
 def param_breakdown(m) -> dict[str, int]:
     """Exact parameter counts by part: the pieces ``param_count`` adds up.
 
-    ``m`` is a ``Transformer`` or a registry name.
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name such as
+            ``"llama3-8b"`` (see :func:`models`).
 
-    Keys: ``token_embedding``, ``position_embedding``, ``output_embedding`` (0 when tied),
-    ``attention``, ``ffn``, ``norms`` (all layers plus the final norm), ``extra``, ``total``.
+    Returns:
+        dict[str, int]: Parameter counts (exact integers) under the keys ``token_embedding``,
+        ``position_embedding``, ``output_embedding`` (0 when tied), ``attention``, ``ffn``,
+        ``norms`` (all layers plus the final norm), ``extra`` and ``total``.
+
+    Raises:
+        ValueError: If ``m`` is neither a ``Transformer`` nor a registry name; the message names
+            ``m`` and the closest names.
     """
     m = as_spec(m)
     d, L = m.d_model, m.n_layers
@@ -138,6 +182,17 @@ def param_count(m, embeddings: bool = True) -> int:
 
     With ``embeddings=False`` the token, position and (untied) output embedding tables are left
     out: the non-embedding count N of Kaplan et al. (2020).
+
+    Args:
+        m (Transformer | str): The model: a :class:`Transformer` or a registry name.
+        embeddings (bool): Whether the embedding tables are counted. Default True.
+
+    Returns:
+        int: The number of parameters (a count, exact).
+
+    Raises:
+        ValueError: If ``m`` is neither a ``Transformer`` nor a registry name, or ``embeddings``
+            is not True or False; the message names the argument.
     """
     parts = param_breakdown(m)
     if as_bool("embeddings", embeddings):

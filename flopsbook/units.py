@@ -1,6 +1,9 @@
-"""Formatting and parsing of counts, bytes and durations.
+"""Formatting and parsing of counts, bytes, rates and durations.
 
-GB means 1e9 bytes and GiB means 2**30 bytes; every printed figure names its unit.
+GB means 1e9 bytes and GiB means 2**30 bytes; every printed figure names its unit. The
+parsers read the text quantities that the formulas accept for a single value ("15T", "80GB",
+"3.35 TB/s", "989 TFLOP/s"); ``format_count`` and ``format_rate`` print text that
+``parse_quantity`` and ``parse_rate`` read back.
 """
 
 from __future__ import annotations
@@ -68,10 +71,25 @@ def _scaled(x: float, scales, digits: int):
 
 
 def format_flops(x, *, per_second: bool = False, digits: int = 3) -> str:
-    """A FLOP count or rate as text: 3.14e23 -> "3.14e23 FLOPs"; with ``per_second``,
-    3.12e14 (FLOP/s) -> "312 TFLOP/s" (SI prefixes, powers of 1000).
+    """A FLOP count or rate as text, with its unit.
 
-    ``digits`` is the number of significant figures (1 to 15).
+    3.14e23 -> "3.14e23 FLOPs"; with ``per_second``, 3.12e14 (FLOP/s) -> "312 TFLOP/s" (SI
+    prefixes, powers of 1000). Counts below 1e6 are printed in full ("123 FLOPs").
+
+    Args:
+        x (float): A FLOP count, or with ``per_second`` a rate in FLOP/s: one finite number
+            >= 0 (a Python or numpy scalar, not an array or text).
+
+    Keyword Args:
+        per_second (bool): Print ``x`` as a rate in FLOP/s with an SI prefix. Default False.
+        digits (int): Significant figures, a whole number from 1 to 15. Default 3.
+
+    Returns:
+        str: The text, e.g. ``"3.14e23 FLOPs"`` or ``"312 TFLOP/s"``.
+
+    Raises:
+        ValueError: If ``x`` is not a finite number >= 0, ``per_second`` is not True or False,
+            or ``digits`` is not a whole number from 1 to 15; the message names the argument.
     """
     x, digits = _finite("x", x), _digits(digits)
     if _switch("per_second", per_second):
@@ -92,7 +110,24 @@ def power_of_ten(exponent: int) -> str:
 
 
 def format_sci(x, unit: str = "", *, digits: int = 3) -> str:
-    """5.76e23 -> "5.76 × 10²³" (and "5.76 × 10²³ FLOPs" with ``unit="FLOPs"``), for prose."""
+    """A number in scientific notation for prose: 5.76e23 -> "5.76 × 10²³".
+
+    With ``unit="FLOPs"`` the unit follows: "5.76 × 10²³ FLOPs".
+
+    Args:
+        x (float): One finite number >= 0 (a Python or numpy scalar, not an array or text).
+        unit (str): The unit, appended after a space. Default ``""``: none.
+
+    Keyword Args:
+        digits (int): Significant figures, a whole number from 1 to 15. Default 3.
+
+    Returns:
+        str: The text, e.g. ``"5.76 × 10²³ FLOPs"``.
+
+    Raises:
+        ValueError: If ``x`` is not a finite number >= 0, ``unit`` is not a str or ``digits`` is
+            not a whole number from 1 to 15; the message names the argument.
+    """
     x, digits = _finite("x", x), _digits(digits)
     if not isinstance(unit, str):
         raise ValueError(f"unit must be a str such as 'FLOPs', got {unit!r:.60}")
@@ -104,14 +139,50 @@ _COUNT_UNITS = [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K"), (1.0, "")]
 
 
 def format_count(x, *, digits: int = 3) -> str:
-    """Parameters or tokens with the suffixes ``parse_quantity`` reads: 40.3e9 -> "40.3B"."""
+    """Parameters or tokens with the suffixes ``parse_quantity`` reads: 40.3e9 -> "40.3B".
+
+    The suffixes are K (1e3), M (1e6), B (1e9) and T (1e12); below 1000 there is none.
+
+    Args:
+        x (float): A count (parameters, tokens, ...): one finite number >= 0 (a Python or
+            numpy scalar, not an array or text).
+
+    Keyword Args:
+        digits (int): Significant figures, a whole number from 1 to 15. Default 3.
+
+    Returns:
+        str: The text, e.g. ``"40.3B"``.
+
+    Raises:
+        ValueError: If ``x`` is not a finite number >= 0, or ``digits`` is not a whole number
+            from 1 to 15; the message names the argument.
+    """
     x, digits = _finite("x", x), _digits(digits)
     mantissa, suffix = _scaled(x, _COUNT_UNITS, digits)
     return f"{mantissa}{suffix}" if x >= 1 else f"{x:.{digits}g}"
 
 
 def format_bytes(x, binary: bool = False, *, digits: int = 3) -> str:
-    """Bytes with a decimal (GB = 1e9) or, with ``binary``, a binary (GiB = 2**30) unit."""
+    """Bytes with a decimal (GB = 1e9) or, with ``binary``, a binary (GiB = 2**30) unit.
+
+    Decimal units are B, kB, MB, GB, TB and PB; binary ones B, KiB, MiB, GiB, TiB and PiB.
+
+    Args:
+        x (float): A size in bytes: one finite number >= 0 (a Python or numpy scalar, not an
+            array or text).
+        binary (bool): Use powers of 1024 (KiB, MiB, GiB, ...) instead of powers of 1000.
+            Default False.
+
+    Keyword Args:
+        digits (int): Significant figures, a whole number from 1 to 15. Default 3.
+
+    Returns:
+        str: The text, e.g. ``"80 GB"``, or ``"80 GiB"`` with ``binary``.
+
+    Raises:
+        ValueError: If ``x`` is not a finite number >= 0, ``binary`` is not True or False, or
+            ``digits`` is not a whole number from 1 to 15; the message names the argument.
+    """
     x, digits = _finite("x", x), _digits(digits)
     base, names = (1024.0, ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]) \
         if _switch("binary", binary) else (1000.0, ["B", "kB", "MB", "GB", "TB", "PB"])
@@ -123,7 +194,22 @@ def format_bytes(x, binary: bool = False, *, digits: int = 3) -> str:
 
 
 def format_rate(x, *, digits: int = 3) -> str:
-    """Bytes per second with SI prefixes: 3.35e12 -> "3.35 TB/s" (what ``parse_rate`` reads)."""
+    """Bytes per second with SI prefixes: 3.35e12 -> "3.35 TB/s" (what ``parse_rate`` reads).
+
+    Args:
+        x (float): A bandwidth in bytes/s: one finite number >= 0 (a Python or numpy scalar,
+            not an array or text).
+
+    Keyword Args:
+        digits (int): Significant figures, a whole number from 1 to 15. Default 3.
+
+    Returns:
+        str: The text, e.g. ``"3.35 TB/s"``.
+
+    Raises:
+        ValueError: If ``x`` is not a finite number >= 0, or ``digits`` is not a whole number
+            from 1 to 15; the message names the argument.
+    """
     x, digits = _finite("x", x), _digits(digits)
     mantissa, prefix = _scaled(x, _SI, digits)
     return f"{mantissa} {prefix}B/s"
@@ -134,8 +220,25 @@ _DURATIONS = [(365.25 * 86400, "years"), (86400, "days"), (3600, "h"), (60, "min
 
 
 def format_duration(seconds, *, digits: int = 3) -> str:
-    """Seconds in the largest unit that keeps the rounded number >= 1: 1.16e6 -> "13.4 days",
-    59.9996 -> "1 min"."""
+    """Seconds in the largest unit that keeps the rounded number >= 1.
+
+    1.16e6 -> "13.4 days", 59.9996 -> "1 min". The units are years (of 365.25 days), days, h,
+    min, s, ms, µs and ns; 0 is "0 s".
+
+    Args:
+        seconds (float): A duration in seconds: one finite number >= 0 (a Python or numpy
+            scalar, not an array or text).
+
+    Keyword Args:
+        digits (int): Significant figures, a whole number from 1 to 15. Default 3.
+
+    Returns:
+        str: The text, e.g. ``"13.4 days"``.
+
+    Raises:
+        ValueError: If ``seconds`` is not a finite number >= 0, or ``digits`` is not a whole
+            number from 1 to 15; the message names the argument.
+    """
     s, digits = _finite("seconds", seconds), _digits(digits)
     if s == 0:
         return "0 s"
@@ -150,7 +253,21 @@ def _str(text, example: str) -> str:
 
 
 def parse_quantity(text) -> float:
-    """A count such as "175B", "1.4T", "6.7e9" or "82 B" -> float (K, M, B/G, T suffixes)."""
+    """A count such as "175B", "1.4T", "6.7e9" or "82 B" -> float (K, M, B/G, T suffixes).
+
+    The suffixes are powers of 1000, in either case: K = 1e3, M = 1e6, B or G = 1e9, T = 1e12.
+
+    Args:
+        text (str | float): The count as text; a Python number (int or float) is returned as a
+            float.
+
+    Returns:
+        float: The count.
+
+    Raises:
+        ValueError: If ``text`` is neither a str nor a number, cannot be read as a count, or is
+            negative or not finite; the message names it and shows what it accepts.
+    """
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return _finite("text", text)
     m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]?)", _str(text, "'175B'"))
@@ -161,7 +278,21 @@ def parse_quantity(text) -> float:
 
 
 def parse_bytes(text) -> float:
-    """A size such as "80GiB", "141 GB", "512MiB" or "2TB" -> bytes (GB = 1e9, GiB = 2**30)."""
+    """A size such as "80GiB", "141 GB", "512MiB" or "2TB" -> bytes (GB = 1e9, GiB = 2**30).
+
+    The unit is required and may be written in either case: B, kB, MB, GB, TB, PB (powers of
+    1000) or KiB, MiB, GiB, TiB, PiB (powers of 1024).
+
+    Args:
+        text (str): The size as text.
+
+    Returns:
+        float: The size in bytes.
+
+    Raises:
+        ValueError: If ``text`` is not a str, cannot be read as a size, or is negative or not
+            finite; the message names it and lists the units.
+    """
     m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]+)", _str(text, "'80GiB'"))
     if not m or m.group(2).upper() not in _BYTE_UNITS:
         raise ValueError(f"cannot read {text!r:.60} as a size: write a number and a unit, one of "
@@ -187,10 +318,39 @@ _FLOP_RATE_UNITS = {f"{prefix}FLOP": scale for prefix, scale in _SI_PREFIX.items
 
 
 def parse_rate(text) -> float:
-    """A bandwidth such as "3.35 TB/s", "900GB/s" or "50 GiB/s" -> bytes per second."""
+    """A bandwidth such as "3.35 TB/s", "900GB/s" or "50 GiB/s" -> bytes per second.
+
+    Units: B/s with an SI prefix (kB/s, MB/s, GB/s, TB/s, ..., powers of 1000) or KiB/s, MiB/s,
+    GiB/s, TiB/s (powers of 1024); the unit before "/s" may be written in either case, and "ps"
+    may replace "/s" ("900 GBps").
+
+    Args:
+        text (str): The bandwidth as text.
+
+    Returns:
+        float: The bandwidth in bytes/s.
+
+    Raises:
+        ValueError: If ``text`` is not a str, cannot be read as a bandwidth, or is negative or
+            not finite; the message names it and shows an example.
+    """
     return _per_second(text, "a bandwidth", _RATE_UNITS, "'3.35 TB/s' or '900 GB/s'")
 
 
 def parse_flop_rate(text) -> float:
-    """A compute rate such as "989 TFLOP/s" or "312 TFLOPS/s" -> FLOP/s."""
+    """A compute rate such as "989 TFLOP/s" or "312 TFLOPS/s" -> FLOP/s.
+
+    Units: FLOP/s (or FLOPS/s) with an SI prefix (kFLOP/s, ..., TFLOP/s, PFLOP/s, powers of
+    1000); the unit before "/s" may be written in either case.
+
+    Args:
+        text (str): The compute rate as text.
+
+    Returns:
+        float: The rate in FLOP/s.
+
+    Raises:
+        ValueError: If ``text`` is not a str, cannot be read as a FLOP rate, or is negative or
+            not finite; the message names it and shows an example.
+    """
     return _per_second(text, "a FLOP rate", _FLOP_RATE_UNITS, "'989 TFLOP/s'")

@@ -114,7 +114,27 @@ def _in_pass(p: str, pass_: str | None) -> bool:
 
 
 class FlopCounter:
-    """Totals of matmul FLOPs by (pass, component), of other work by kind, and saved bytes."""
+    """Totals of matmul FLOPs by (pass, component), of other work by kind, and saved bytes.
+
+    Made by :func:`~flopsbook.count_flops`, which also says what is recorded and how. Passes
+    are ``"forward"``, ``"backward_input"``, ``"backward_weight"`` and ``"recompute"`` for
+    matrix products, ``"forward"``, ``"backward"`` and ``"recompute"`` for other work.
+
+    Args:
+        causal (bool): Count only the (query, key) pairs a causal mask keeps. Default False.
+
+    Attributes:
+        causal (bool): Whether attention products count only the unmasked pairs.
+        matmul (dict[tuple[str, str], int]): Matmul FLOPs by (pass, component).
+        other (dict[str, int]): Non-matmul FLOPs by kind (softmax, layernorm, ...), all passes.
+        other_by_pass (dict[tuple[str, str], int]): Non-matmul FLOPs by (pass, kind).
+        saved_bytes (dict[tuple[object, str], int]): Bytes kept for the backward pass, by
+            (layer, name).
+        stat_names (set[str]): The saved names that are per-token statistics.
+
+    Raises:
+        ValueError: If ``causal`` is not True or False.
+    """
 
     def __init__(self, causal: bool = False):
         if not isinstance(causal, bool):
@@ -132,13 +152,37 @@ class FlopCounter:
         self.matmul[(pass_, component)] += int(flops)
 
     def total(self, pass_: str | None = None, component: str | None = None) -> int:
-        """Matmul FLOPs: all passes (None), one pass, or "backward" (both backward passes)."""
+        r"""Matmul FLOPs: all passes (None), one pass, or "backward" (both backward passes).
+
+        Args:
+            pass\_ (str | None): None (all passes, the default), one pass, or ``"backward"`` (both
+                backward passes, never recomputation).
+            component (str | None): Only this component (e.g. ``"ffn"``); None (the default) is
+                all.
+
+        Returns:
+            int: FLOPs (exact).
+
+        Raises:
+            ValueError: If ``pass_`` is not one of its values.
+        """
         _check_pass(pass_, _QUERIES)
         return sum(v for (p, c), v in self.matmul.items()
                    if _in_pass(p, pass_) and (component is None or c == component))
 
     def by_component(self, pass_: str | None = None) -> dict[str, int]:
-        """Matmul FLOPs by component, for the passes selected as in :meth:`total`."""
+        r"""Matmul FLOPs by component, for the passes selected as in :meth:`total`.
+
+        Args:
+            pass\_ (str | None): None (all passes, the default), one pass, or ``"backward"`` (both
+                backward passes, never recomputation).
+
+        Returns:
+            dict[str, int]: FLOPs by component.
+
+        Raises:
+            ValueError: If ``pass_`` is not one of its values.
+        """
         _check_pass(pass_, _QUERIES)
         out = defaultdict(int)
         for (p, c), v in self.matmul.items():
@@ -153,12 +197,34 @@ class FlopCounter:
         self.other_by_pass[(pass_, kind)] += int(flops)
 
     def other_total(self, pass_: str | None = None) -> int:
-        """Non-matmul FLOPs (``ELEMENTWISE_FLOPS``) of one pass, or of all (None)."""
+        r"""Non-matmul FLOPs (``ELEMENTWISE_FLOPS``) of one pass, or of all (None).
+
+        Args:
+            pass\_ (str | None): ``"forward"``, ``"backward"``, ``"recompute"``, or None (all, the
+                default).
+
+        Returns:
+            int: FLOPs.
+
+        Raises:
+            ValueError: If ``pass_`` is not one of its values.
+        """
         _check_pass(pass_, (None,) + OTHER_PASSES)
         return sum(v for (p, _), v in self.other_by_pass.items() if _in_pass(p, pass_))
 
     def other_by_kind(self, pass_: str | None = None) -> dict[str, int]:
-        """Non-matmul FLOPs by kind, of one pass or of all (None)."""
+        r"""Non-matmul FLOPs by kind, of one pass or of all (None).
+
+        Args:
+            pass\_ (str | None): ``"forward"``, ``"backward"``, ``"recompute"``, or None (all, the
+                default).
+
+        Returns:
+            dict[str, int]: FLOPs by kind (softmax, layernorm, ...).
+
+        Raises:
+            ValueError: If ``pass_`` is not one of its values.
+        """
         _check_pass(pass_, (None,) + OTHER_PASSES)
         out = defaultdict(int)
         for (p, kind), v in self.other_by_pass.items():
@@ -181,18 +247,48 @@ class FlopCounter:
 
     def saved_total(self, layer=None, *, stats: bool = True) -> int:
         """Bytes saved for the backward pass, by one layer (or part) or all (None).
-        ``stats=False`` leaves out the per-token statistics (norm means and rstds)."""
+
+        ``stats=False`` leaves out the per-token statistics (norm means and rstds).
+
+        Args:
+            layer (int | str | None): A layer index, a part (``"embedding"``, ``"head"``), or None
+                (all, the default).
+
+        Keyword Args:
+            stats (bool): Include the per-token statistics (norm means and rstds). Default True.
+
+        Returns:
+            int: Bytes.
+        """
         return sum(v for _, _, v in self._saved(layer, stats))
 
     def saved_by_name(self, layer=None, *, stats: bool = True) -> dict[str, int]:
-        """Saved bytes by tensor name, summed over layers (or for one layer or part)."""
+        """Saved bytes by tensor name, summed over layers (or for one layer or part).
+
+        Args:
+            layer (int | str | None): A layer index, a part (``"embedding"``, ``"head"``), or None
+                (all layers, the default).
+
+        Keyword Args:
+            stats (bool): Include the per-token statistics (norm means and rstds). Default True.
+
+        Returns:
+            dict[str, int]: Bytes by tensor name.
+        """
         out = defaultdict(int)
         for _, name, v in self._saved(layer, stats):
             out[name] += v
         return dict(out)
 
     def saved_by_layer(self, *, stats: bool = True) -> dict:
-        """Saved bytes by layer index (and by "embedding" and "head" for the rest)."""
+        """Saved bytes by layer index (and by "embedding" and "head" for the rest).
+
+        Keyword Args:
+            stats (bool): Include the per-token statistics (norm means and rstds). Default True.
+
+        Returns:
+            dict: Bytes by layer index, ``"embedding"`` and ``"head"``.
+        """
         out = defaultdict(int)
         for where, _, v in self._saved(None, stats):
             out[where] += v
@@ -206,10 +302,24 @@ class FlopCounter:
 
 @contextmanager
 def count_flops(causal: bool = False):
-    """Open a :class:`FlopCounter` for the block; every :func:`matmul` inside is recorded.
+    """Count the FLOPs of a ``with`` block: a context manager that yields a new FlopCounter.
 
-    With ``causal=True`` attention products count only the (query, key) pairs the causal mask
-    keeps; with ``causal=False`` (the default) they count every pair, as a dense kernel does.
+    Open a :class:`~flopsbook.reference.FlopCounter` for the block; every
+    ``flopsbook.reference.matmul`` inside is recorded, as ``2*m*k*n`` FLOPs per product, by
+    every counter that is open (counters nest). With ``causal=True`` attention products count
+    only the (query, key) pairs the causal mask keeps; with ``causal=False`` (the default) they
+    count every pair, as a dense kernel does. The conventions are stated in the docstring of
+    ``flopsbook.reference.counter``.
+
+    Args:
+        causal (bool): Count only the (query, key) pairs a causal mask keeps. Default False.
+
+    Yields:
+        FlopCounter: The counter, to read during or after the block (``total()``,
+        ``by_component()``, ``saved_total()``, ...).
+
+    Raises:
+        ValueError: If ``causal`` is not True or False.
     """
     counter = FlopCounter(causal=causal)
     _ACTIVE.append(counter)
