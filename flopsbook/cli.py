@@ -84,12 +84,17 @@ def number(text):
 
 
 def _fraction_or_size(text):
-    """``--buffers``: a bare number is a fraction (or bytes if >= 1), text such as "2GB" a size:
-    memory_budget reads both, but only if the number arrives as a number."""
+    """``--buffers``: a fraction below 1 (0.1 = 10% of the rest) or a size with its unit
+    ("2GB"). A bare number of 1 or more is refused: "--buffers 2" would otherwise be 2 bytes to
+    the formula and 2 GB to the reader."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         return text
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"a bare number must be a fraction below 1; write a "
+                                         f"size with its unit, e.g. '{text}GB'")
+    return value
 
 
 def _price(value):
@@ -136,7 +141,7 @@ def _train(args):
     # Both were checked by the formulas just above; the arithmetic below needs numbers.
     tokens, devices = fb.parse_quantity(args.tokens), fb.parse_quantity(args.devices)
     n = fb.param_count(m)
-    per_token = float(fb.flops_per_token(m))
+    per_token = float(fb.flops_per_token(m, causal=True))   # what a causal kernel computes
     peak = hw.peak_16bit if args.dtype is None else hw.peak(args.dtype)
     days, device_hours = seconds / 86400, seconds / 3600 * devices
     cost = None if price is None else device_hours * price
@@ -152,8 +157,9 @@ def _train(args):
             ("tokens D", format_count(tokens)),
             ("FLOPs, 6ND", f"{format_flops(flops_6nd)}  (6 x N x D: time and cost use it)"),
             ("FLOPs, matmul count", f"{format_flops(per_token * tokens)}  (flops_per_token x D: "
-             f"every matmul, attention and logits too, at {m.seq_len:,} tokens of context)"),
-            ("time", f"{when}  (at {format_flops(peak, per_second=True)} per device)"),
+             f"every matmul, causal attention and logits too, at {m.seq_len:,} tokens of context)"),
+            ("time", f"{when}  (at {format_flops(peak * args.mfu, per_second=True)} per device: "
+                     f"MFU x the {format_flops(peak, per_second=True)} peak)"),
             ("device-hours", _whole(device_hours))]
     if cost is not None:
         rows.append(("cost", f"${_whole(cost)} at ${_whole(price, 2)} per device-hour"))
@@ -215,7 +221,8 @@ def _serve(args):
            "batch": _int(batch), "context": _int(ctx),
            "weight_bytes_per_param": args.weight_bytes, "kv_bytes_per_value": args.kv_bytes,
            "weights_bytes": weights, "kv_cache_bytes_per_sequence": kv_one,
-           "kv_cache_bytes_batch": kv_all, "device_memory": memory, "max_batch": _int(most),
+           "kv_cache_bytes_batch": kv_all, "device_memory": hw.memory_bytes,
+           "total_memory": memory, "max_batch": _int(most),
            "fits": fits, "critical_batch": _finite(critical), "step_seconds": None,
            "tokens_per_second": None, "bound": None, "price": price,
            "dollars_per_million_tokens": None}

@@ -278,6 +278,8 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
     _, flops_per_seq, weight_bytes, kv_per_seq = _step_parts(m, 1, context, bytes_per_param,
                                                              kv_bytes_per_value)
     headroom = h.bandwidth * flops_per_seq / peak - kv_per_seq
+    if not np.isfinite(headroom).all():
+        result(headroom)   # raises: a context so long that its FLOPs overflow float64
     with np.errstate(divide="ignore"):
         b = np.where(headroom > 0, weight_bytes / np.where(headroom > 0, headroom, 1.0), np.inf)
     return result(b + 0 * n, allow_inf=True)
@@ -380,10 +382,23 @@ def serving_cost(m, hardware, batch, context, price_per_device_hour, *, n_device
     b = as_array("batch", batch, integer=True, kind="count")
     too_big = b > fits
     if np.any(too_big):
-        most = float(np.broadcast_to(fits, too_big.shape)[too_big].min())
+        from .spec import param_count
+
+        shape = too_big.shape
+        most = float(np.broadcast_to(fits, shape)[too_big].min())
+        devices = np.broadcast_to(as_array("n_devices", n_devices, integer=True, kind="count"),
+                                  shape)[too_big].min()
+        h = as_hardware(hardware)
+        weights = float(np.max(param_count(as_spec(m)) * as_array("bytes_per_param",
+                                                                    bytes_per_param)))
+        if most == 0 and weights >= devices * h.memory_bytes:
+            raise ValueError(f"batch does not fit: the weights alone ({weights / 2**30:,.1f} "
+                             f"GiB) exceed {devices:,.0f} x {h.name} "
+                             f"({devices * h.memory_bytes / 2**30:,.1f} GiB); add devices or "
+                             "quantise the weights")
         raise ValueError(f"batch does not fit: at most {most:,.0f} sequences of this context "
-                         f"fit beside the weights on {n_devices} device(s) (max_batch); lower "
-                         "batch or context, or add devices")
+                         f"fit beside the weights on {devices:,.0f} x {h.name} (max_batch); "
+                         "lower batch or context, or add devices")
     step = decode_step_time(m, hardware, b, context, bytes_per_param=bytes_per_param,
                             kv_bytes_per_value=kv_bytes_per_value, dtype=dtype,
                             n_devices=n_devices)

@@ -323,6 +323,9 @@ class MemoryBudget:
 
     Attributes:
         weights (float | numpy.ndarray): Bytes of the working weights (16-bit in "mixed").
+        gathered_weights (float | numpy.ndarray): With ZeRO-3, the bytes of the layer being
+            computed that other devices hold and this one gathers (one layer; an FSDP that
+            prefetches the next layer holds two). 0 for stages 0-2.
         master_weights (float | numpy.ndarray): Bytes of the fp32 copy the optimizer updates
             ("mixed" only).
         gradients (float | numpy.ndarray): Bytes of the gradients.
@@ -337,6 +340,7 @@ class MemoryBudget:
     """
 
     weights: object                # working weights (16-bit in "mixed")
+    gathered_weights: object       # ZeRO-3: the rest of the layer being computed
     master_weights: object         # fp32 copy the optimizer updates ("mixed" only)
     gradients: object
     optimizer_states: object
@@ -398,6 +402,8 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
 
     - Model states from :func:`training_memory` (``n_params`` defaults to ``param_count(m)``;
       ``precision``, ``optimizer``, ``grad_dtype`` as there), divided by ``tensor_parallel``.
+    - ``gathered_weights``: with ZeRO-3, the (dp - 1)/dp of one layer's working weights that
+      are gathered from the other devices while the layer runs (one layer, no prefetch).
     - ``activations``: :func:`activation_memory` (16-bit, or fp32 with ``precision="fp32"``;
       ``dropout=False`` for models trained without it, such as Llama).
     - ``recompute_working_set``: recomputation rebuilds, for the layer being differentiated,
@@ -478,7 +484,19 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
         working = one_layer if recompute == "full" else one_layer - layers / m.n_layers
     logits = 0.0 if logits_dtype is None else \
         b * s * m.vocab_size * DTYPE_BYTES[logits_dtype] / tp
-    parts = dict(weights=states.weights, master_weights=states.master_weights,
+    gathered = 0.0
+    if int(zero_stage) == 3:
+        # Stage 3 keeps 1/dp of every layer; computing a layer needs all of it, so the other
+        # (dp - 1)/dp of one layer's working weights (its share of the tensor-parallel split)
+        # are gathered and held while that layer runs forward or backward.
+        from .spec import param_breakdown
+
+        per_layer = param_breakdown(m)
+        layer_params = (per_layer["attention"] + per_layer["ffn"]) / m.n_layers
+        dp = devices / tp
+        gathered = layer_params / tp * PRECISIONS[precision][0] * (1 - 1 / dp)
+    parts = dict(weights=states.weights, gathered_weights=gathered,
+                 master_weights=states.master_weights,
                  gradients=states.gradients, optimizer_states=states.optimizer_states,
                  activations=layers, recompute_working_set=working, logits=logits)
     others = sum(np.asarray(v, dtype=np.float64) for v in parts.values())
@@ -513,6 +531,9 @@ def largest_micro_batch(m, seq_len, hardware, **budget_kwargs):
     from ._validate import as_hardware
 
     device = as_hardware(hardware).memory_bytes
+    if "batch" in budget_kwargs:
+        raise ValueError("batch is what largest_micro_batch finds: leave it out of the budget "
+                         "arguments")
     zero = memory_budget(m, 1, seq_len, **budget_kwargs)      # validates every argument
     for name, value in [("seq_len", seq_len)] + sorted(budget_kwargs.items()):
         if isinstance(value, (list, tuple, np.ndarray)):  # one answer per call: scalar search

@@ -147,7 +147,7 @@ class Hardware:
     peak_flops: MappingProxyType
     memory_bytes: float
     bandwidth: float
-    source: str
+    source: str = ""
     notes: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -221,10 +221,11 @@ _HARDWARE = {h.name: h for h in [
     _hw("h100-sxm", 80 * GiB, 3.35e12, "nvidia2022h100",
         fp32=66.9e12, tf32=494.7e12, bf16=989.4e12, fp16=989.4e12, fp8=1978.9e12,
         int8=1978.9e12, notes="SXM5, 80 GB. The datasheet's 1,979 TFLOP/s bf16 is with sparsity."),
-    _hw("h200", 141 * GiB, 4.8e12, "nvidia2024h200",
+    _hw("h200", 143_771 * 2**20, 4.8e12, "nvidia2024h200",
         fp32=66.9e12, tf32=494.7e12, bf16=989.4e12, fp16=989.4e12, fp8=1978.9e12,
-        int8=1978.9e12, notes="SXM. H100 compute with the datasheet's '141 GB' of HBM3e, which "
-                              "like the A100's '80 GB' is binary (nvidia-smi: 143,771 MiB)."),
+        int8=1978.9e12, notes="SXM. H100 compute with the datasheet's '141 GB' of HBM3e: "
+                              "nvidia-smi reports 143,771 MiB (140.4 GiB, 150.8e9 bytes), which "
+                              "is the memory used here; the '141' is closer to GiB than to GB."),
     _hw("tpu-v4", 32 * GiB, 1200e9, "jouppi2023tpuv4", bf16=275e12, int8=275e12,
         notes="One chip (two TensorCores)."),
 ]}

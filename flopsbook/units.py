@@ -302,7 +302,8 @@ def parse_bytes(text) -> float:
 
 
 def _per_second(text, what: str, units: dict, example: str) -> float:
-    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]*)\s*(?:/\s*s|ps)", _str(text, example))
+    # "/s", "ps", or FLOPS with the S doing the work ("989 TFLOPS", the datasheets' spelling)
+    m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]*?)\s*(?:/\s*s|ps|(?<=FLOP)S)", _str(text, example))
     unit = m.group(2).upper() if m else None
     if unit not in units:
         raise ValueError(f"cannot read {text!r:.60} as {what}: write a number and a unit per "

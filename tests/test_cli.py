@@ -40,6 +40,7 @@ BAD = [
     (("serve", "llama2-7b", "--hardware", "h100-sxm", "--kv-bytes", "0"), "--kv-bytes"),
     (("memory", "llama2-7b", "--hardware", "a100-80gb", "--zero-stage", "4"), "--zero-stage"),
     (("memory", "llama2-7b", "--hardware", "a100-80gb", "--seq-len", "4q"), "--seq-len"),
+    (("memory", "llama2-7b", "--hardware", "a100-80gb", "--buffers", "2"), "--buffers"),
     (("frobnicate",), "COMMAND"),
 ]
 
@@ -70,7 +71,7 @@ def test_train(run):
     got = ok_json(run, TRAIN)
     assert got["params"] == N_LLAMA2_7B and got["tokens"] == 2e12
     assert got["flops_6nd"] == pytest.approx(flops, rel=1e-12)
-    assert got["flops_matmul"] == pytest.approx(fb.flops_per_token("llama2-7b") * 2e12)
+    assert got["flops_matmul"] == pytest.approx(fb.flops_per_token("llama2-7b", causal=True) * 2e12)
     assert got["flops_matmul"] > got["flops_6nd"]       # attention and logits on top of 6N
     assert got["seconds"] == pytest.approx(seconds)
     assert got["days"] == pytest.approx(seconds / 86400)
@@ -117,6 +118,7 @@ def test_serve(run):
     assert got["kv_cache_bytes_per_sequence"] == kv and got["kv_cache_bytes_batch"] == 32 * kv
     assert got["max_batch"] == (80 * GiB - 2 * N_LLAMA2_7B) // kv == 33
     assert got["fits"] is True and got["bound"] == "memory"
+    assert got["device_memory"] == got["total_memory"] == 80 * GiB   # one device: the same
     assert got["step_seconds"] == pytest.approx(step)
     assert got["tokens_per_second"] == pytest.approx(32 / step)
     assert got["critical_batch"] is None                 # inf: never compute-bound at 4k

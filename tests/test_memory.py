@@ -269,9 +269,16 @@ def test_memory_budget_logits_and_buffers_by_hand():
     tp = fb.memory_budget(m, b, s, tensor_parallel=4, n_devices=8, zero_stage=3)
     assert np.isclose(tp.optimizer_states, 8 * fb.param_count(m) / 4 / 2)
     d = plain.as_dict()
-    assert set(d) == {"weights", "master_weights", "gradients", "optimizer_states",
+    assert set(d) == {"weights", "gathered_weights", "master_weights", "gradients",
+                      "optimizer_states",
                       "activations", "recompute_working_set", "logits", "buffers", "total"}
     assert np.isclose(d["total"], sum(v for k, v in d.items() if k != "total"))
+    # ZeRO-3 gathers the rest of one layer's matrices and biases (attention 4h^2 + 4h, FFN
+    # 8h^2 + 5h at h = 1,024), 16-bit, 7/8 of it from the other 7 devices.
+    z3 = fb.memory_budget(m, b, s, zero_stage=3, n_devices=8)
+    assert z3.gathered_weights == (4 * 1024**2 + 4 * 1024 + 8 * 1024**2 + 4096 + 1024) * 2 * 7 / 8
+    assert fb.memory_budget(m, b, s, zero_stage=2, n_devices=8).gathered_weights == 0
+    assert fb.memory_budget(m, b, s, zero_stage=3, n_devices=1).gathered_weights == 0
 
 
 def test_memory_budget_broadcasts():

@@ -57,8 +57,8 @@ def test_datasheet_figures():
     assert h100.peak("bf16") == pytest.approx(1979e12 / 2, rel=1e-3)  # half the sparse figure
     assert h100.bandwidth == 3.35e12
     h200 = fb.hardware("h200")
-    # Datasheet "141 GB": HBM capacity in binary units, like the A100's "80 GB".
-    assert h200.memory_bytes == 141 * 2**30 and h200.bandwidth == 4.8e12
+    # Datasheet "141 GB"; nvidia-smi's total is 143,771 MiB (140.4 GiB), which the registry holds.
+    assert h200.memory_bytes == 143_771 * 2**20 and h200.bandwidth == 4.8e12
     assert h200.peak("bf16") == h100.peak("bf16")
     assert fb.hardware("v100").peak("fp16") == 125e12
     assert fb.hardware("tpu-v4").peak("bf16") == 275e12

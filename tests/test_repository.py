@@ -132,3 +132,10 @@ def test_a_package_change_empties_the_execution_cache(tmp_path):
     assert refresh_cache(cache, package) is True and not (cache / "executed.db").exists()
     assert refresh_cache(cache, package) is False
     assert "package_cache" in CONFIG["sphinx"]["local_extensions"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_cell_has_a_unique_id(path):
+    # nbformat 4.5 requires cell ids; a cell inserted by a script without one warns at every run.
+    ids = [c.get("id") for c in load(path)["cells"]]
+    assert None not in ids and len(set(ids)) == len(ids)

@@ -6,7 +6,7 @@ from .. import memory, registry, units
 
 # Stacked-bar segments, bottom to top, with their colours.
 SEGMENTS = {
-    "weights": "#4c72b0", "master_weights": "#64b5cd", "gradients": "#dd8452",
+    "weights": "#4c72b0", "gathered_weights": "#8fa8d6", "master_weights": "#64b5cd", "gradients": "#dd8452",
     "optimizer_states": "#55a868", "activations": "#c44e52",
     "recompute_working_set": "#e8a3a5", "logits": "#8172b3", "buffers": "#937860",
 }
