@@ -161,7 +161,10 @@ def _step_parts(m, batch, context, bytes_per_param, kv_bytes_per_value):
 
 _SERVING = """``n_devices`` is tensor-parallel serving: the weights, each sequence's KV cache and the
     FLOPs are split evenly over that many devices, each with its own peak and bandwidth (the
-    time the devices spend exchanging activations is left to the chapters on many devices)."""
+    time the devices spend exchanging activations is left to the chapters on many devices).
+    An even split is an idealisation when ``n_devices`` does not divide the heads: a server
+    with more devices than key/value heads replicates them, which holds more cache than this
+    counts."""
 
 
 def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes_per_value=2,

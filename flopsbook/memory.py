@@ -109,8 +109,10 @@ def training_memory(n_params, *, precision="mixed", optimizer="adamw", zero_stag
         optimizer (str): ``"adamw"`` (the default), ``"adam"``, ``"sgd-momentum"``,
             ``"lion"`` or ``"sgd"``: 2, 2, 1, 1 and 0 states per parameter.
         zero_stage (int): ZeRO stage: 0 (the default, no sharding), 1, 2 or 3.
-        n_devices (int | str | array-like): Data-parallel devices ZeRO shards over, a whole
-            number > 0. Default 1.
+        n_devices (int | str | array-like): The devices the job spans, a whole number > 0,
+            default 1. This function has no tensor or pipeline parallelism, so they are all
+            data-parallel and ZeRO shards over all of them; :func:`memory_budget` takes the
+            same ``n_devices`` and splits it with ``tensor_parallel``.
         grad_dtype (str | None): ``"fp32"``, ``"bf16"`` or ``"fp16"``; None (the default) is
             the dtype of the working weights.
 

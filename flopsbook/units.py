@@ -294,6 +294,7 @@ def parse_bytes(text) -> float:
             finite; the message names it and lists the units.
     """
     m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]+)", _str(text, "'80GiB'"))
+    _not_bits(text, m.group(2) if m else "")
     if not m or m.group(2).upper() not in _BYTE_UNITS:
         raise ValueError(f"cannot read {text!r:.60} as a size: write a number and a unit, one of "
                          "B, kB, MB, GB, TB, PB (powers of 1000) or KiB, MiB, GiB, TiB, PiB "
@@ -301,10 +302,19 @@ def parse_bytes(text) -> float:
     return _finite("text", float(m.group(1)) * _BYTE_UNITS[m.group(2).upper()])
 
 
+def _not_bits(text, unit: str) -> None:
+    # "400 Gb/s" is a network's gigabits; read as bytes it would be 8x too fast.
+    if unit.endswith("b") and not unit.endswith("ib"):
+        raise ValueError(f"cannot read {text!r:.60}: a lowercase b means bits; write B for bytes "
+                         "(e.g. '80GB', '50 GB/s'), or divide a bit rate by 8")
+
+
 def _per_second(text, what: str, units: dict, example: str) -> float:
     # "/s", "ps", or FLOPS with the S doing the work ("989 TFLOPS", the datasheets' spelling)
     m = re.fullmatch(_NUMBER + r"\s*([a-zA-Z]*?)\s*(?:/\s*s|ps|(?<=FLOP)S)", _str(text, example))
     unit = m.group(2).upper() if m else None
+    if what == "a bandwidth":
+        _not_bits(text, m.group(2) if m else "")
     if unit not in units:
         raise ValueError(f"cannot read {text!r:.60} as {what}: write a number and a unit per "
                          f"second, e.g. {example}")

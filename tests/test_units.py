@@ -81,3 +81,37 @@ def test_format_sci_and_count():
 def test_sci_and_count_reject_bad_numbers(fmt, bad):
     with pytest.raises(ValueError, match="must be a"):
         fmt(bad)
+
+
+def test_rates_and_datasheet_spellings():
+    assert fb.parse_rate("3.35 TB/s") == 3.35e12 and fb.parse_rate("900GBps") == 900e9
+    assert fb.parse_rate("50 GiB/s") == 50 * 2**30
+    assert fb.parse_flop_rate("989 TFLOPS") == fb.parse_flop_rate("989 TFLOP/s") == 989e12
+    assert fb.format_rate(3.35e12) == "3.35 TB/s"
+    assert fb.parse_rate(fb.format_rate(4.8e12)) == 4.8e12
+
+
+@pytest.mark.parametrize("text", ["80Gb", "400 Gb/s", "1 kb"])
+def test_a_lowercase_b_is_bits_not_bytes(text):
+    parse = fb.parse_rate if "/" in text else fb.parse_bytes
+    with pytest.raises(ValueError, match="lowercase b means bits"):
+        parse(text)
+
+
+def test_rounding_happens_before_the_unit_is_chosen():
+    assert fb.format_bytes(999_999) == "1 MB" and fb.format_bytes(999_499) == "999 kB"
+    assert fb.format_duration(59.9996) == "1 min" and fb.format_duration(59.4) == "59.4 s"
+    assert fb.format_flops(999.95e12, per_second=True) == "1 PFLOP/s"
+    assert fb.format_bytes(1e200) == "1e+185 PB"          # beyond the largest unit: an exponent
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(digits=0), "digits"), (dict(digits=2.5), "digits"), (dict(digits=True), "digits"),
+])
+def test_formatter_options_are_validated(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        fb.format_bytes(1e9, **kwargs)
+    with pytest.raises(ValueError, match="binary"):
+        fb.format_bytes(1e9, binary="yes")
+    with pytest.raises(ValueError, match="per_second"):
+        fb.format_flops(1e9, per_second=1)
