@@ -210,3 +210,34 @@ def as_bandwidth(name: str, value) -> np.ndarray:
     if isinstance(value, Hardware):
         return np.asarray(value.bandwidth)
     return as_array(name, value, kind="rate")
+
+
+def formula(fn):
+    """Decorator of every public numeric function: numpy's overflow warnings stay quiet (a
+    result beyond float64 is refused by ``result()`` with a clear message instead), and arrays
+    that cannot broadcast together are a ``ValueError`` naming the arguments and their shapes,
+    not numpy's "operands could not be broadcast"."""
+    import functools
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return fn(*args, **kwargs)
+        except ValueError as err:
+            if "could not be broadcast" not in str(err) and "broadcast" not in str(err):
+                raise
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError:
+                raise err from None
+            shapes = {k: np.shape(v) for k, v in bound.arguments.items()
+                      if isinstance(v, (list, tuple, np.ndarray)) and np.ndim(v) > 0}
+            listed = ", ".join(f"{k} {s}" for k, s in shapes.items())
+            raise ValueError(f"{fn.__name__}: the array arguments do not broadcast together "
+                             f"({listed}); give them compatible shapes") from None
+
+    return wrapper

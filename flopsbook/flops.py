@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import as_array, as_bandwidth, as_bool, as_peak, as_spec, choice, result
+from ._validate import (as_array, as_bandwidth, as_bool, as_peak, as_spec, choice, formula,
+                        result)
 from .spec import Transformer
 
 
+@formula
 def matmul_flops(m, k, n, batch=1):
     """FLOPs of ``batch`` products of an (m x k) by a (k x n) matrix: 2*m*k*n each.
 
@@ -41,6 +43,7 @@ def matmul_flops(m, k, n, batch=1):
     return result(2.0 * m * k * n * batch)
 
 
+@formula
 def matmul_bytes(m, k, n, bytes_per_value=2, batch=1):
     """Bytes an (m x k) @ (k x n) product must at least move: read both inputs, write the output.
 
@@ -70,6 +73,7 @@ def matmul_bytes(m, k, n, bytes_per_value=2, batch=1):
     return result((m * k + k * n + m * n) * b * batch)
 
 
+@formula
 def roofline_time(flops, bytes_moved, peak_flops, bandwidth=None, *, dtype=None):
     """Lower bound on the time of a kernel: max(FLOPs / peak, bytes / bandwidth), in seconds.
 
@@ -129,6 +133,7 @@ def _attended_pairs(s, causal: bool):
     return s * (s + 1) / 2 if causal else s * s
 
 
+@formula
 def layer_flops(m, seq_len, batch=1, *, causal=False):
     """Forward matmul FLOPs of one layer, by component, for ``batch`` sequences of ``seq_len``.
 
@@ -180,6 +185,7 @@ def layer_flops(m, seq_len, batch=1, *, causal=False):
     return parts
 
 
+@formula
 def flops_per_token(m, context=None, *, training=True, causal=False, recompute=False,
                     include_logits=True, include_attention=True):
     """Matmul FLOPs of one sequence of ``context`` tokens (default ``m.seq_len``), per token.
@@ -233,6 +239,7 @@ def flops_per_token(m, context=None, *, training=True, causal=False, recompute=F
     return result(total / s)
 
 
+@formula
 def training_flops(n_params, n_tokens):
     """C = 6 N D: training FLOPs of N parameters on D tokens (2 forward + 4 backward each).
 
@@ -257,6 +264,7 @@ def training_flops(n_params, n_tokens):
     return result(6.0 * n * d)
 
 
+@formula
 def training_time(flops, n_devices, peak_flops_per_device, mfu, *, dtype=None):
     """Seconds to compute ``flops`` on ``n_devices`` at a fraction ``mfu`` of their peak: T = C/tau.
 
@@ -309,6 +317,7 @@ def _utilisation(name, tokens_per_second, flops_name, flops_per_token, n_devices
     return result(np.minimum(u, 1.0))
 
 
+@formula
 def mfu(tokens_per_second, flops_per_token, n_devices, peak_flops_per_device, *, dtype=None):
     """Model FLOPs utilisation: achieved model FLOP/s over the cluster's peak.
 
@@ -342,6 +351,7 @@ def mfu(tokens_per_second, flops_per_token, n_devices, peak_flops_per_device, *,
                         n_devices, peak_flops_per_device, dtype)
 
 
+@formula
 def hfu(tokens_per_second, hardware_flops_per_token, n_devices, peak_flops_per_device, *,
         dtype=None):
     """Hardware FLOPs utilisation: like :func:`mfu`, but counting every FLOP executed.
@@ -394,6 +404,7 @@ def _layer_coefficients(m):
     return projections, ffn, per_pair
 
 
+@formula
 def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
     """Sequence length at which attention's two s**2 products equal the chosen matmuls.
 
@@ -449,6 +460,7 @@ def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
     return result(2 * ratio - 1 if causal else ratio)
 
 
+@formula
 def context_flops_ratio(d_model, new_context, old_context=4096):
     """Per-dataset FLOPs of training at ``new_context`` over ``old_context``, tokens held fixed.
 

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_array, as_bool, as_hardware, as_spec, result
+from ._validate import as_array, as_bool, as_hardware, as_spec, formula, result
 from .flops import _attended_pairs, _layer_coefficients
 
 
+@formula
 def kv_cache_bytes(m, batch, seq_len, bytes_per_value=2):
     """Bytes of the key/value cache of ``batch`` sequences of ``seq_len`` tokens.
 
@@ -57,6 +58,7 @@ def _token_flops(m):
     return projections + ffn, per_pair
 
 
+@formula
 def generation_flops(m, prompt_len, new_tokens, *, kv_cache=True, causal=True):
     """Forward matmul FLOPs to generate ``new_tokens`` tokens after a ``prompt_len`` prompt.
 
@@ -159,14 +161,15 @@ def _step_parts(m, batch, context, bytes_per_param, kv_bytes_per_value):
     return b, flops_per_seq, weight_bytes, kv_per_seq
 
 
-_SERVING = """``n_devices`` is tensor-parallel serving: the weights, each sequence's KV cache and the
-    FLOPs are split evenly over that many devices, each with its own peak and bandwidth (the
+_SERVING = """``n_devices`` is tensor-parallel serving: the weights, each sequence's KV cache and
+    the FLOPs are split evenly over that many devices, each with its own peak and bandwidth (the
     time the devices spend exchanging activations is left to the chapters on many devices).
     An even split is an idealisation when ``n_devices`` does not divide the heads: a server
     with more devices than key/value heads replicates them, which holds more cache than this
     counts."""
 
 
+@formula
 def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes_per_value=2,
                      dtype=None, n_devices=1):
     """Roofline time of one decode step: ``batch`` sequences each add one token.
@@ -238,6 +241,7 @@ def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes
 decode_step_time.__doc__ = decode_step_time.__doc__.format(serving=_SERVING)
 
 
+@formula
 def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2,
                    dtype=None, n_devices=1):
     """The batch from which a decode step is compute-bound (``inf`` if it never is).
@@ -288,6 +292,7 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
     return result(b + 0 * n, allow_inf=True)
 
 
+@formula
 def max_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2, n_devices=1):
     """How many sequences of ``context`` tokens fit, with their KV caches, beside the weights.
 
@@ -338,6 +343,7 @@ def max_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2, 
 max_batch.__doc__ = max_batch.__doc__.format(serving=_SERVING)
 
 
+@formula
 def serving_cost(m, hardware, batch, context, price_per_device_hour, *, n_devices=1,
                  bytes_per_param=2, kv_bytes_per_value=2, dtype=None):
     """Dollars per million generated tokens, from the decode roofline: a lower bound.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from ._validate import as_array, as_bool, as_spec, choice, result, shown
+from ._validate import as_array, as_bool, as_spec, choice, formula, result, shown
 
 # Bytes per value of each storage format.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -80,6 +80,7 @@ def _zero_stage(value) -> int:
     return int(choice("zero_stage", value, ZERO_STAGES))
 
 
+@formula
 def training_memory(n_params, *, precision="mixed", optimizer="adamw", zero_stage=0,
                     n_devices=1, grad_dtype=None):
     """Per-device bytes of weights, master weights, gradients and optimizer states.
@@ -196,6 +197,7 @@ def _activation_terms(m, batch, seq_len, recompute, tensor_parallel, sequence_pa
     return terms, bases
 
 
+@formula
 def activation_breakdown(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
                          sequence_parallel=False, flash_attention=False, dropout=True,
                          bytes_per_value=2):
@@ -253,6 +255,7 @@ def activation_breakdown(m, batch, seq_len, *, recompute="none", tensor_parallel
     return {name: result(width * bases[base]) for name, width, base in terms}
 
 
+@formula
 def activation_memory(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
                       sequence_parallel=False, flash_attention=False, dropout=True,
                       bytes_per_value=2):
@@ -391,6 +394,7 @@ def _buffers(value, others):
     return np.where(b < 1, b * others, b)
 
 
+@formula
 def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimizer="adamw",
                   grad_dtype=None, zero_stage=0, n_devices=1, tensor_parallel=1,
                   sequence_parallel=False, recompute="none", flash_attention=False,
@@ -507,6 +511,7 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
     return MemoryBudget(**{k: result(v) for k, v in zip(parts, full)})
 
 
+@formula
 def largest_micro_batch(m, seq_len, hardware, **budget_kwargs):
     """The largest per-device micro-batch whose :func:`memory_budget` fits ``hardware``.
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_array, result, shown
+from ._validate import as_array, formula, result, shown
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,7 @@ def scaling_fits() -> list[str]:
     return list(_FITS)
 
 
+@formula
 def chinchilla_loss(n_params, n_tokens, fit="hoffmann2022"):
     """Predicted final training loss L = E + A/N^alpha + B/D^beta (cross-entropy per token).
 
@@ -158,6 +159,7 @@ def chinchilla_loss(n_params, n_tokens, fit="hoffmann2022"):
     return result(f.E + f.A / n**f.alpha + f.B / d**f.beta)
 
 
+@formula
 def tokens_for_loss(n_params, loss, fit="hoffmann2022"):
     """Training tokens D at which a model of ``n_params`` parameters reaches ``loss``.
 
@@ -201,6 +203,7 @@ def _loss_law(fit) -> ScalingFit:
     return f
 
 
+@formula
 def chinchilla_optimal(compute, fit="hoffmann2022"):
     """(N_opt, D_opt): the split of ``compute`` training FLOPs (C = 6 N D) that minimises the loss.
 
@@ -257,6 +260,7 @@ class InferenceAwareOptimum:
     flops_saved: object           # chinchilla_flops - flops (>= 0)
 
 
+@formula
 def inference_aware_optimal(loss, inference_tokens, fit="hoffmann2022"):
     """Parameters and training tokens that reach ``loss`` for the fewest lifetime FLOPs.
 

@@ -231,7 +231,7 @@ values = st.one_of(
 SLOTS = [(fn, slot) for fn in PUBLIC for slot in parameters(fn)]
 
 
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # then result() raises clearly
+@pytest.mark.filterwarnings("error")  # formula() keeps numpy quiet; result() raises instead
 @settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case=st.sampled_from(SLOTS), value=values)
 def test_bad_input_is_a_value_error_naming_the_argument(case, value):
@@ -327,3 +327,18 @@ def test_mfu_at_exactly_peak_is_one():
         fb.mfu(52_000_000 * 1.01, 6e9, 1000, 312e12)
     with pytest.raises(ValueError, match="hardware_flops_per_token"):
         fb.hfu(52_000_000 * 1.01, 6e9, 1000, 312e12)
+
+
+def test_shapes_that_do_not_broadcast_are_named():
+    with pytest.raises(ValueError, match=r"matmul_flops: .*m \(3,\), k \(2,\)"):
+        fb.matmul_flops([1, 2, 3], [1, 2], 4)
+    with pytest.raises(ValueError, match=r"decode_step_time: .*batch \(2,\), context \(3,\)"):
+        fb.decode_step_time(M, HW, [1, 2], [8, 16, 32])
+
+
+@pytest.mark.filterwarnings("error")
+def test_overflow_is_an_error_not_a_warning():
+    with pytest.raises(ValueError, match="overflows float64"):
+        fb.training_flops(1e300, 1e300)
+    with pytest.raises(ValueError, match="overflows float64"):
+        fb.critical_batch("llama2-7b", "h100-sxm", 1e300)
