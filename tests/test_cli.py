@@ -7,9 +7,11 @@ called here or by hand, never from the command's own output.
 """
 
 import json
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,14 @@ def test_bad_input_as_a_subprocess(run, args, option):
     assert out.stderr.startswith(f"flopsbook: error: {option}: "), out.stderr
     if option == "--tokens":
         assert "cannot read '15Q' as a count" in out.stderr
+
+
+def test_readme_examples_are_real_output():
+    # The README's console blocks are copied from real runs: re-run them, so they never go stale.
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```console\n\$ flopsbook ([^\n]+)\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 2
+    for command, shown in blocks:
+        out = subprocess.run([sys.executable, "-m", "flopsbook", *command.split()],
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == shown.strip(), command
