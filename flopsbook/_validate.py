@@ -163,29 +163,31 @@ def choice(name: str, value, allowed):
     return hits[0]
 
 
+def _entry(value, name: str, kind: str, cls, table: dict):
+    """``value`` itself if it is a ``cls``, else the registry entry of that name."""
+    from .registry import _lookup
+
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, str):
+        return _lookup(kind, value, table, name)
+    raise ValueError(f"{name} must be a {cls.__name__} or a {kind} name (one of "
+                     f"{', '.join(table)}), got {shown(value)}")
+
+
 def as_spec(m, name: str = "m"):
     """A ``Transformer``, or the registry model of that name."""
-    from .registry import _MODELS, _lookup
+    from .registry import _MODELS
     from .spec import Transformer
 
-    if isinstance(m, Transformer):
-        return m
-    if isinstance(m, str):
-        return _lookup("model", m, _MODELS, name)
-    raise ValueError(f"{name} must be a Transformer or a model name (one of "
-                     f"{', '.join(_MODELS)}), got {shown(m)}")
+    return _entry(m, name, "model", Transformer, _MODELS)
 
 
 def as_hardware(hardware, name: str = "hardware"):
     """A ``Hardware``, or the registry accelerator of that name."""
-    from .registry import _HARDWARE, Hardware, _lookup
+    from .registry import _HARDWARE, Hardware
 
-    if isinstance(hardware, Hardware):
-        return hardware
-    if isinstance(hardware, str):
-        return _lookup("hardware", hardware, _HARDWARE, name)
-    raise ValueError(f"{name} must be a Hardware or a hardware name (one of "
-                     f"{', '.join(_HARDWARE)}), got {shown(hardware)}")
+    return _entry(hardware, name, "hardware", Hardware, _HARDWARE)
 
 
 def as_peak(name: str, value, dtype=None) -> np.ndarray:

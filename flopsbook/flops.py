@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import (as_array, as_bandwidth, as_bool, as_peak, as_spec, choice, formula,
-                        result)
+from ._validate import (as_array, as_bandwidth, as_bool, as_hardware, as_peak, as_spec,
+                        choice, formula, result)
 from .spec import Transformer
 
 
@@ -111,8 +111,8 @@ def roofline_time(flops, bytes_moved, peak_flops, bandwidth=None, *, dtype=None)
     b = as_array("bytes_moved", bytes_moved, allow_zero=True, kind="bytes")
     p = as_peak("peak_flops", peak_flops, dtype)
     if bandwidth is None:
-        from ._validate import as_hardware
         from .registry import Hardware
+
         if not isinstance(peak_flops, (Hardware, str)):
             raise ValueError("bandwidth is needed (bytes/s) when peak_flops is a number; pass "
                              "a Hardware (or its name) as peak_flops to use its bandwidth")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_array, as_bool, as_hardware, as_spec, formula, result
+from ._validate import as_array, as_bool, as_hardware, as_peak, as_spec, formula, result
 from .flops import _attended_pairs, _layer_coefficients
 
 
@@ -142,10 +142,6 @@ class DecodeStep:
     tokens_per_second: object  # batch / time
 
 
-def _peak(h, dtype):
-    return h.peak_16bit if dtype is None else h.peak(dtype)
-
-
 def _step_parts(m, batch, context, bytes_per_param, kv_bytes_per_value):
     from .spec import param_count
 
@@ -218,7 +214,7 @@ def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes
             message names the argument.
     """
     h = as_hardware(hardware)
-    peak = _peak(h, dtype)
+    peak = as_peak("hardware", h, dtype)
     n = as_array("n_devices", n_devices, integer=True, kind="count")
     b, flops_per_seq, weight_bytes, kv_per_seq = _step_parts(m, batch, context, bytes_per_param,
                                                              kv_bytes_per_value)
@@ -280,7 +276,7 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
             names it.
     """
     h = as_hardware(hardware)
-    peak = _peak(h, dtype)
+    peak = as_peak("hardware", h, dtype)
     n = as_array("n_devices", n_devices, integer=True, kind="count")
     _, flops_per_seq, weight_bytes, kv_per_seq = _step_parts(m, 1, context, bytes_per_param,
                                                              kv_bytes_per_value)
@@ -289,7 +285,8 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
         result(headroom)   # raises: a context so long that its FLOPs overflow float64
     with np.errstate(divide="ignore"):
         b = np.where(headroom > 0, weight_bytes / np.where(headroom > 0, headroom, 1.0), np.inf)
-    return result(b + 0 * n, allow_inf=True)
+    return result(np.broadcast_to(b, np.broadcast_shapes(np.shape(b), np.shape(n))),
+                  allow_inf=True)
 
 
 @formula

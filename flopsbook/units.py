@@ -14,6 +14,8 @@ import re
 
 from numpy import bool_ as np_bool
 
+from ._validate import as_bool
+
 _SI = [(1e24, "Y"), (1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"),
        (1e6, "M"), (1e3, "k"), (1.0, "")]
 _COUNT_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -40,12 +42,6 @@ def _digits(digits) -> int:
             or not 1 <= digits <= 15:
         raise ValueError(f"digits must be a whole number from 1 to 15, got {digits!r:.60}")
     return int(digits)
-
-
-def _switch(name, value) -> bool:
-    if not isinstance(value, (bool, np_bool)):
-        raise ValueError(f"{name} must be True or False, got {value!r:.60}")
-    return bool(value)
 
 
 def _round(x: float, digits: int) -> float:
@@ -92,7 +88,7 @@ def format_flops(x, *, per_second: bool = False, digits: int = 3) -> str:
             or ``digits`` is not a whole number from 1 to 15; the message names the argument.
     """
     x, digits = _finite("x", x), _digits(digits)
-    if _switch("per_second", per_second):
+    if as_bool("per_second", per_second):
         mantissa, prefix = _scaled(x, _SI, digits)
         return f"{mantissa} {prefix}FLOP/s"
     if _round(x, digits) < 1e6:
@@ -185,7 +181,7 @@ def format_bytes(x, binary: bool = False, *, digits: int = 3) -> str:
     """
     x, digits = _finite("x", x), _digits(digits)
     base, names = (1024.0, ["B", "KiB", "MiB", "GiB", "TiB", "PiB"]) \
-        if _switch("binary", binary) else (1000.0, ["B", "kB", "MB", "GB", "TB", "PB"])
+        if as_bool("binary", binary) else (1000.0, ["B", "kB", "MB", "GB", "TB", "PB"])
     scales = [(base**i, u) for i, u in reversed(list(enumerate(names)))]
     if _round(x, digits) < base:
         return f"{x:.0f} B" if x >= 1 or x == 0 else f"{x:.{digits}g} B"

@@ -102,6 +102,7 @@ def test_rounding_happens_before_the_unit_is_chosen():
     assert fb.format_bytes(999_999) == "1 MB" and fb.format_bytes(999_499) == "999 kB"
     assert fb.format_duration(59.9996) == "1 min" and fb.format_duration(59.4) == "59.4 s"
     assert fb.format_flops(999.95e12, per_second=True) == "1 PFLOP/s"
+    assert fb.format_count(999_950) == "1M"
     assert fb.format_bytes(1e200) == "1e+185 PB"          # beyond the largest unit: an exponent
 
 

@@ -28,13 +28,12 @@ def inference_report(model: str = "llama3-8b", device: str = "h100-sxm", batch: 
             f"weights {units.format_bytes(weight_bytes)} + KV cache "
             f"{units.format_bytes(cache_bytes)} ({units.format_bytes(cache_bytes / batch)} per "
             f"sequence) = {units.format_bytes(need)} of {units.format_bytes(have)}"]
+    room = inference.max_batch(m, hw, context, **kw)
     if need > have:
-        room = inference.max_batch(m, hw, context, **{k: kw[k] for k in kw})
         return "\n".join(head + [
             f"does not fit: it needs at least {math.ceil(need / hw.memory_bytes):,} devices "
             f"(or a batch of at most {room:,.0f} at this context); no throughput to report"])
     b_star = inference.critical_batch(m, hw, context, **kw)
-    room = inference.max_batch(m, hw, context, **kw)
     crit = ("never: each sequence's KV cache brings more bytes per FLOP than the device's "
             "balance allows" if b_star == float("inf") else f"{math.ceil(b_star):,}")
     return "\n".join(head + [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import memory, registry, units
+from .._validate import as_hardware
 
 # Stacked-bar segments, bottom to top, with their colours.
 SEGMENTS = {
@@ -19,7 +20,7 @@ def plot_budget(ax, budgets, *, title=None):
     legend = set()  # each segment named once in the legend
     tops = []
     for i, (_, bud, hw) in enumerate(budgets):
-        device = registry_hw(hw).memory_bytes
+        device = as_hardware(hw).memory_bytes
         bottom = 0.0
         for name, colour in SEGMENTS.items():
             value = float(getattr(bud, name)) / 1e9
@@ -39,11 +40,6 @@ def plot_budget(ax, budgets, *, title=None):
     if title:
         ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-
-
-def registry_hw(hw):
-    from .._validate import as_hardware
-    return as_hardware(hw)
 
 
 def memory_calculator():
