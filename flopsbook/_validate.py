@@ -140,6 +140,14 @@ def positive_int(name: str, value) -> int:
     return int(value)
 
 
+def nonnegative_int(name: str, value) -> int:
+    """A single count that may be zero (shared experts, dense layers): an int >= 0."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) \
+            or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {shown(value)}")
+    return int(value)
+
+
 def as_bool(name: str, value) -> bool:
     """A switch such as ``causal``: True or False (numpy booleans too), nothing truthy."""
     if not isinstance(value, (bool, np.bool_)):

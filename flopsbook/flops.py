@@ -13,7 +13,7 @@ import numpy as np
 
 from ._validate import (as_array, as_bandwidth, as_bool, as_hardware, as_peak, as_spec,
                         choice, formula, result)
-from .spec import Transformer
+from .spec import GATED_FFN_KINDS, Transformer
 
 
 @formula
@@ -125,27 +125,113 @@ def roofline_time(flops, bytes_moved, peak_flops, bandwidth=None, *, dtype=None)
 # Derived in the chapters "Weight FLOPs" (flops_per_token, training_flops, MFU) and "Where
 # attention overtakes the matmuls" (layer_flops).
 
-LAYER_COMPONENTS = ("qkv", "scores", "weighted_values", "out_proj", "ffn")
+LAYER_COMPONENTS = ("qkv", "scores", "weighted_values", "out_proj", "router", "ffn")
 
 
-def _attended_pairs(s, causal: bool):
-    """(query, key) pairs a kernel computes for one head of one sequence of length s."""
-    return s * (s + 1) / 2 if causal else s * s
+def _attended_pairs(s, causal: bool, window=None):
+    """(query, key) pairs a kernel computes for one head of one sequence of length s.
+
+    Without ``causal`` every pair (a dense kernel computes the masked ones too, window or not).
+    Causal: query i (from 1) meets min(i, window) keys, s(s+1)/2 in all without a window.
+    """
+    if not causal:
+        return s * s
+    if window is None:
+        return s * (s + 1) / 2
+    w = window
+    return np.where(s <= w, s * (s + 1) / 2, w * (w + 1) / 2 + (s - w) * w)
+
+
+def _layer_kinds(m):
+    """The distinct kinds of layer of ``m`` as (how many, MoE?, window or None), count > 0.
+
+    The first ``n_dense_layers`` have a dense FFN, the rest an MoE one (dense models: all
+    dense); layers k, 2k, ... are global when ``global_every=k``, the others local.
+    """
+    n_dense = m.n_layers - m.n_moe_layers
+    if m.window is None:
+        global_dense, global_moe = n_dense, m.n_moe_layers
+    elif m.global_every is None:
+        global_dense = global_moe = 0
+    else:
+        global_dense = n_dense // m.global_every
+        global_moe = m.n_layers // m.global_every - global_dense
+    kinds = [(global_dense, False, None), (n_dense - global_dense, False, m.window),
+             (global_moe, True, None), (m.n_moe_layers - global_moe, True, m.window)]
+    return [k for k in kinds if k[0] > 0]
+
+
+def _ffn_matrices(m):
+    return 3 if m.ffn in GATED_FFN_KINDS else 2
+
+
+def _projection_flops(m):
+    """Forward FLOPs per token of one layer's attention projections, (into q, k, v; out).
+
+    MLA counts every projection a naive implementation makes per token: the query down and up
+    projections (or one query projection), the key/value down-projection to the latent and the
+    rotary key, and the up-projection of the latent to every head's key and value.
+    """
+    d = m.d_model
+    if m.is_mla:
+        q = d * m.d_attn if m.q_lora_rank is None else m.q_lora_rank * (d + m.d_attn)
+        kv = d * (m.kv_lora_rank + m.qk_rope_dim) \
+            + m.kv_lora_rank * m.n_heads * (m.d_head + m.v_head_dim)
+        qkv = q + kv
+    else:
+        qkv = d * (m.d_attn + 2 * m.d_kv + (m.d_attn if m.positional == "relative" else 0))
+    return 2 * qkv, 2 * m.d_attn_output * d
+
+
+def _ffn_flops(m, moe: bool):
+    """Forward FLOPs per token of one layer's FFN, (router, FFN): a dense FFN of width d_ff,
+    or the router plus top_k routed and the shared experts of width d_ff_expert."""
+    per_width = 2 * m.d_model * _ffn_matrices(m)
+    if not moe:
+        return 0, per_width * m.d_ff
+    return 2 * m.d_model * m.n_experts, \
+        per_width * m.d_ff_expert * (m.top_k + m.n_shared_experts)
+
+
+def _pair_flops(m):
+    """Forward FLOPs per attended (query, key) pair of one layer, (scores, weighted values),
+    all query heads together."""
+    scores = 2 * m.n_heads * m.d_qk * (2 if m.positional == "relative" else 1)
+    return scores, 2 * m.d_attn_output
+
+
+def _kind_flops(m, s, b, causal, moe, window):
+    """``layer_flops``'s components for one kind of layer."""
+    tokens = b * s
+    pairs = b * _attended_pairs(s, causal, window)
+    qkv, out = _projection_flops(m)
+    router, ffn = _ffn_flops(m, moe)
+    scores, values = _pair_flops(m)
+    return {"qkv": qkv * tokens, "scores": scores * pairs, "weighted_values": values * pairs,
+            "out_proj": out * tokens, "router": router * tokens, "ffn": ffn * tokens}
 
 
 @formula
-def layer_flops(m, seq_len, batch=1, *, causal=False):
+def layer_flops(m, seq_len, batch=1, *, causal=False, layer=None):
     """Forward matmul FLOPs of one layer, by component, for ``batch`` sequences of ``seq_len``.
 
     Derived term by term from the shapes in the chapter "Where attention overtakes the matmuls";
     with b*s tokens: qkv 2*b*s*d*(H*d_h + 2*H_kv*d_h), scores and weighted_values 2*b*H*d_h*s**2
-    each, out_proj 2*b*s*H*d_h*d, ffn 2*b*s*d*d_ff times 2 (GELU) or 3 (SwiGLU). With
-    ``causal=True`` the two attention products count only the s(s+1)/2 unmasked (query, key)
-    pairs per head, as a kernel that skips masked blocks does. For standard multi-head attention
-    with d_ff = 4d the total is 24*b*s*d**2 + 4*b*s**2*d. ``positional="relative"``
+    each, out_proj 2*b*s*H*d_h*d, ffn 2*b*s*d*d_ff times 2 (GELU) or 3 (SwiGLU, GeGLU). With
+    ``causal=True`` the two attention products count only the (query, key) pairs the mask
+    keeps, as a kernel that skips masked blocks does: s(s+1)/2 per head, or with a window of W
+    keys W(W+1)/2 + (s - W)W once s > W. Without ``causal`` every pair is counted (a dense
+    kernel computes the masked ones too, so a window saves nothing). For standard multi-head
+    attention with d_ff = 4d the total is 24*b*s*d**2 + 4*b*s**2*d. ``positional="relative"``
     (Transformer-XL) adds the projection of the s position encodings to ``qkv`` and the
     position-score product to ``scores``, once per sequence (as if each sequence projected its
     own position encodings), so both scale with ``batch``.
+
+    The chapter "Beyond the dense transformer" adds: a mixture of experts' ``router``
+    (2*b*s*d*n_experts) and, in ``ffn``, the top_k routed and the shared experts of width
+    d_ff_expert (dropless routing: every token meets exactly top_k); MLA's projections in
+    ``qkv`` (every down- and up-projection, as a naive implementation makes them per token),
+    its scores over heads of width d_head + qk_rope_dim and values of width v_head_dim.
 
     Args:
         m (Transformer | str): The model: a :class:`Transformer` or a registry name.
@@ -155,32 +241,36 @@ def layer_flops(m, seq_len, batch=1, *, causal=False):
 
     Keyword Args:
         causal (bool): Count only the (query, key) pairs a causal mask keeps. Default False.
+        layer (int | None): Which layer, counting from 1 (as ``global_every`` does), for stacks
+            whose layers differ (dense and MoE FFNs, local and global attention). None (the
+            default) is the average layer: the total over the stack divided by ``n_layers``
+            (a uniform stack's every layer).
 
     Returns:
         dict[str, float | numpy.ndarray]: FLOPs by component under the keys ``qkv``,
-        ``scores``, ``weighted_values``, ``out_proj``, ``ffn`` and ``total``; each a float, or
-        an array when ``seq_len`` or ``batch`` is one.
+        ``scores``, ``weighted_values``, ``out_proj``, ``router`` (0 for a dense FFN), ``ffn``
+        and ``total``; each a float, or an array when ``seq_len`` or ``batch`` is one.
 
     Raises:
         ValueError: If ``m`` is not a ``Transformer`` or registry name, a count is not a
-            positive whole number, or ``causal`` is not True or False; the message names it.
+            positive whole number, ``causal`` is not True or False, or ``layer`` is not a layer
+            of ``m`` (1 to n_layers); the message names it.
     """
     m = as_spec(m)
     s = as_array("seq_len", seq_len, integer=True, kind="count")
     b = as_array("batch", batch, integer=True, kind="count")
     causal = as_bool("causal", causal)
-    d, tokens = m.d_model, b * s
-    pairs = b * m.n_heads * _attended_pairs(s, causal)
-    relative = m.positional == "relative"
-    n_ffn = 3 if m.ffn == "swiglu" else 2
-    parts = {
-        "qkv": 2 * tokens * d * (m.d_attn + 2 * m.d_kv + (m.d_attn if relative else 0)),
-        "scores": 2 * pairs * m.d_head * (2 if relative else 1),
-        "weighted_values": 2 * pairs * m.d_head,
-        "out_proj": 2 * tokens * m.d_attn * d,
-        "ffn": 2 * tokens * d * m.d_ff * n_ffn,
-    }
-    parts = {k: result(v) for k, v in parts.items()}
+    if layer is not None:
+        kinds = [(1, m.layer_is_moe(layer), m.layer_window(layer))]
+        n = 1
+    else:
+        kinds, n = _layer_kinds(m), m.n_layers
+    parts = dict.fromkeys(LAYER_COMPONENTS, 0.0)
+    for count, moe, window in kinds:
+        for k, v in _kind_flops(m, s, b, causal, moe, window).items():
+            parts[k] = parts[k] + count * v
+    parts = {k: result(np.broadcast_to(v, np.broadcast(s, b).shape) / n)
+             for k, v in parts.items()}
     parts["total"] = result(sum(parts.values()))
     return parts
 
@@ -229,7 +319,7 @@ def flops_per_token(m, context=None, *, training=True, causal=False, recompute=F
     training, recompute = as_bool("training", training), as_bool("recompute", recompute)
     include_logits = as_bool("include_logits", include_logits)
     include_attention = as_bool("include_attention", include_attention)
-    layer = layer_flops(m, s, causal=causal)
+    layer = layer_flops(m, s, causal=causal)  # the average layer
     per_layer = layer["total"]
     if not include_attention:
         per_layer = per_layer - layer["scores"] - layer["weighted_values"]
@@ -392,16 +482,13 @@ CROSSOVER_AGAINST = ("projections", "layer")
 
 
 def _layer_coefficients(m):
-    """Per-token FLOPs of the projections and of the FFN, and attention FLOPs per (query, key)
-    pair, of one layer of ``m`` (forward): the coefficients of b*s and of the attended pairs in
-    ``layer_flops`` (the tests hold the two together)."""
-    relative = m.positional == "relative"
-    d = m.d_model
-    projections = 2 * d * (m.d_attn + 2 * m.d_kv + (m.d_attn if relative else 0)) \
-        + 2 * m.d_attn * d
-    ffn = 2 * d * m.d_ff * (3 if m.ffn == "swiglu" else 2)
-    per_pair = 2 * m.n_heads * m.d_head * ((2 if relative else 1) + 1)
-    return projections, ffn, per_pair
+    """Per-token FLOPs of the projections and of the FFN (router included), and attention FLOPs
+    per (query, key) pair, of the average layer of ``m`` (forward): the coefficients of b*s and
+    of the attended pairs in ``layer_flops`` (the tests hold the two together). Dense and MoE
+    layers are averaged over the stack; windows change only the pairs, not the coefficients."""
+    qkv, out = _projection_flops(m)
+    ffn = sum(count * sum(_ffn_flops(m, moe)) for count, moe, _ in _layer_kinds(m)) / m.n_layers
+    return qkv + out, ffn, sum(_pair_flops(m))
 
 
 @formula
@@ -439,8 +526,9 @@ def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
         float, or an array for an array of d_model.
 
     Raises:
-        ValueError: If ``m_or_d_model`` is neither a model nor a positive whole number, or
-            ``against`` or ``causal`` is not one of its values; the message names the argument.
+        ValueError: If ``m_or_d_model`` is neither a model nor a positive whole number, is a
+            model with local attention (no single crossover), or ``against`` or ``causal`` is
+            not one of its values; the message names the argument.
     """
     choice("against", against, CROSSOVER_AGAINST)
     causal = as_bool("causal", causal)
@@ -450,6 +538,11 @@ def crossover_seq_len(m_or_d_model, *, against="projections", causal=False):
         except ValueError:
             m_or_d_model = as_spec(m_or_d_model.strip(), "m_or_d_model")
     if isinstance(m_or_d_model, Transformer):
+        if m_or_d_model.window is not None:
+            raise ValueError(f"m_or_d_model: {m_or_d_model.name} has local attention (window="
+                             f"{m_or_d_model.window}): a local layer's attention grows only up "
+                             "to the window, so there is no single crossover; compare "
+                             "layer_flops(m, s, causal=True, layer=...) per layer instead")
         projections, ffn, per_pair = _layer_coefficients(m_or_d_model)
         per_token = projections + (ffn if against == "layer" else 0)
         ratio = np.float64(per_token) / per_pair

@@ -87,6 +87,98 @@ _MODELS = {m.name: m for m in [
                 notes="Never released. Multi-query attention, SwiGLU, shared input/output "
                       "embeddings, no biases. Its parallel attention+FFN block has one norm per "
                       "layer where the spec counts two (18,432 x 118 parameters, 0.0004%)."),
+    # --- Beyond the dense transformer: local windows, mixtures of experts, latent attention --
+    Transformer(name="mistral-7b", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8,
+                d_ff=14336, ffn="swiglu", vocab_size=32000, seq_len=8192, window=4096,
+                tied_embeddings=False, positional="rope", norm="rmsnorm", bias=False,
+                source="jiang2023mistral",
+                notes="Released checkpoint v0.1 (mistralai/Mistral-7B-v0.1); the count matches "
+                      "its tensors exactly. Every layer attends to a window of 4,096 keys (the "
+                      "rolling cache); seq_len is the paper's 8,192-token training context."),
+    Transformer(name="mixtral-8x7b", n_layers=32, d_model=4096, n_heads=32, n_kv_heads=8,
+                d_ff=14336, ffn="swiglu", n_experts=8, top_k=2, vocab_size=32000,
+                seq_len=32768, tied_embeddings=False, positional="rope", norm="rmsnorm",
+                bias=False, source="jiang2024mixtral",
+                notes="Released checkpoint (mistralai/Mixtral-8x7B-v0.1); the count matches its "
+                      "tensors exactly. Every layer routes to 2 of 8 SwiGLU experts; the router "
+                      "has no bias; no sliding window (unlike Mistral 7B)."),
+    Transformer(name="mixtral-8x22b", n_layers=56, d_model=6144, n_heads=48, n_kv_heads=8,
+                d_ff=16384, ffn="swiglu", n_experts=8, top_k=2, vocab_size=32768,
+                seq_len=65536, tied_embeddings=False, positional="rope", norm="rmsnorm",
+                bias=False, source="mistral2024mixtral8x22b",
+                notes="Released checkpoint Mixtral-8x22B-v0.3 (and -Instruct-v0.1), vocabulary "
+                      "32,768; the count matches its tensors exactly. The first base release "
+                      "(Mixtral-8x22B-v0.1) has a 32,000-token vocabulary and 9,437,184 fewer "
+                      "parameters. seq_len is the announced 64K context."),
+    Transformer(name="deepseek-v2-lite", n_layers=27, d_model=2048, n_heads=16, d_head=128,
+                kv_lora_rank=512, qk_rope_dim=64, v_head_dim=128, d_ff=10944, ffn="swiglu",
+                n_experts=64, top_k=6, n_shared_experts=2, d_ff_expert=1408, n_dense_layers=1,
+                vocab_size=102400, seq_len=4096, tied_embeddings=False, positional="rope",
+                norm="rmsnorm", bias=False, source="deepseekai2024v2",
+                notes="Released checkpoint (deepseek-ai/DeepSeek-V2-Lite); the count matches its "
+                      "tensors exactly. MLA without a query latent; the first layer keeps a "
+                      "dense FFN; the router has no bias. seq_len is the 4K pre-training "
+                      "context (later extended to 32K)."),
+    Transformer(name="deepseek-v3", n_layers=61, d_model=7168, n_heads=128, d_head=128,
+                q_lora_rank=1536, kv_lora_rank=512, qk_rope_dim=64, v_head_dim=128,
+                d_ff=18432, ffn="swiglu", n_experts=256, top_k=8, n_shared_experts=1,
+                d_ff_expert=2048, n_dense_layers=3, vocab_size=129280, seq_len=4096,
+                tied_embeddings=False, positional="rope", norm="rmsnorm", bias=False,
+                source="deepseekai2024v3",
+                notes="The main model of the released checkpoint (deepseek-ai/DeepSeek-V3), "
+                      "without its multi-token-prediction module (one more MoE layer with its own "
+                      "norms and projection: 11,610,067,968 parameters beyond the shared "
+                      "embedding and output head, which the checkpoint stores again) and without "
+                      "the FP8 scale tensors. The router's bias-correction term is a buffer "
+                      "(updated by a rule, not by gradients), not a parameter. seq_len is the "
+                      "4K pre-training context (later extended to 32K and 128K)."),
+    Transformer(name="qwen3-30b-a3b", n_layers=48, d_model=2048, n_heads=32, n_kv_heads=4,
+                d_head=128, ffn="swiglu", n_experts=128, top_k=8, d_ff_expert=768,
+                d_ff=6144, vocab_size=151936, seq_len=4096, tied_embeddings=False,
+                positional="rope", norm="rmsnorm", bias=False, qk_norm=True,
+                source="yang2025qwen3",
+                notes="Released checkpoint (Qwen/Qwen3-30B-A3B); the count matches its tensors "
+                      "exactly. Every layer is an MoE (no shared expert, no router bias); d_ff "
+                      "is the config's unused dense width. seq_len is the 4K context of the "
+                      "main pre-training stages (the last stage trains at 32K)."),
+    Transformer(name="gpt-oss-20b", n_layers=24, d_model=2880, n_heads=64, n_kv_heads=8,
+                d_head=64, d_ff=2880, ffn="swiglu", n_experts=32, top_k=4, vocab_size=201088,
+                seq_len=4096, window=128, global_every=2, attention_sinks=True,
+                tied_embeddings=False, positional="rope", norm="rmsnorm", bias=True,
+                source="openai2025gptoss",
+                notes="Released checkpoint (openai/gpt-oss-20b), counted in its bf16 form; the "
+                      "count matches its tensors exactly, without the MXFP4 scale tensors. "
+                      "Layers alternate banded (128 keys) and full attention, starting banded; "
+                      "biases on the attention projections, the router and the experts; norms "
+                      "have no bias. Its SwiGLU is clamped and has a +1 on the up branch (no "
+                      "parameters). seq_len is the config's initial 4,096-token context (YaRN "
+                      "extends it to 131,072)."),
+    Transformer(name="gpt-oss-120b", n_layers=36, d_model=2880, n_heads=64, n_kv_heads=8,
+                d_head=64, d_ff=2880, ffn="swiglu", n_experts=128, top_k=4, vocab_size=201088,
+                seq_len=4096, window=128, global_every=2, attention_sinks=True,
+                tied_embeddings=False, positional="rope", norm="rmsnorm", bias=True,
+                source="openai2025gptoss",
+                notes="Released checkpoint (openai/gpt-oss-120b), as gpt-oss-20b with 36 layers "
+                      "of 128 experts; the count matches its tensors exactly, without the MXFP4 "
+                      "scale tensors."),
+    Transformer(name="gemma3-27b", n_layers=62, d_model=5376, n_heads=32, n_kv_heads=16,
+                d_head=128, d_ff=21504, ffn="geglu", vocab_size=262208, seq_len=32768,
+                window=1024, global_every=6, qk_norm=True, post_norms=True,
+                tied_embeddings=True, positional="rope", norm="rmsnorm", bias=False,
+                source="gemmateam2025gemma3",
+                notes="The text model of the released checkpoint (google/gemma-3-27b-pt); the "
+                      "count matches its language-model tensors exactly (vocabulary 262,208 as "
+                      "stored; the report's tokenizer has 262,144 entries). The SigLIP vision "
+                      "encoder and its projector (423,060,336 parameters) are left out. Five "
+                      "local layers (1,024 keys) to one global; four norms per layer and q/k "
+                      "norms; GeGLU (tanh approximation); embeddings scaled by sqrt(d_model) "
+                      "(no parameters). seq_len is the 32K pre-training context (extended "
+                      "to 128K)."),
+    _llama("llama3.1-405b", "grattafiori2024llama3", 126, 16384, 128, 53248, 8192,
+           n_kv_heads=8, vocab_size=128256,
+           notes="Released checkpoint (meta-llama/Llama-3.1-405B); the count matches its "
+                 "tensors exactly. seq_len is the 8K context of the main pre-training (later "
+                 "extended to 128K)."),
 ]}
 
 

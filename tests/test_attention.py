@@ -34,7 +34,7 @@ def test_layer_flops_equal_the_reference_counter_per_component(m, causal):
     counted = c.by_component("forward")
     formula = fb.layer_flops(m, s, batch, causal=causal)
     for k in LAYER_COMPONENTS:
-        assert counted[k] == m.n_layers * formula[k], k
+        assert counted.get(k, 0) == m.n_layers * formula[k], k
 
 
 def test_layer_flops_by_hand_for_gqa_swiglu_wide_heads():
@@ -106,11 +106,15 @@ def test_crossover_relative_positions_by_hand(name, d):
 @pytest.mark.parametrize("against", ["projections", "layer"])
 def test_components_are_equal_at_the_crossover(name, causal, against):
     m = fb.model(name)
+    if m.window is not None:  # local layers: no single crossover
+        with pytest.raises(ValueError, match="local attention"):
+            fb.crossover_seq_len(m, against=against, causal=causal)
+        return
     x = fb.crossover_seq_len(m, against=against, causal=causal)
 
     def gap(n):
         p = fb.layer_flops(m, n, causal=causal)
-        linear = p["qkv"] + p["out_proj"] + (p["ffn"] if against == "layer" else 0)
+        linear = p["qkv"] + p["out_proj"] + (p["ffn"] + p["router"] if against == "layer" else 0)
         return p["scores"] + p["weighted_values"] - linear
 
     if x == int(x):

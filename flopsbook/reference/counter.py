@@ -51,7 +51,7 @@ import numpy as np
 PASSES = ("forward", "backward_input", "backward_weight", "recompute")
 BACKWARD_PASSES = ("backward_input", "backward_weight")
 # What the reference model tags its products with.
-COMPONENTS = ("qkv", "scores", "weighted_values", "out_proj", "ffn", "logits")
+COMPONENTS = ("qkv", "scores", "weighted_values", "out_proj", "router", "ffn", "logits")
 OTHER_PASSES = ("forward", "backward", "recompute")
 
 # FLOPs per element of the non-matmul work, as (forward, backward). A convention: each +, -, *,
