@@ -10,10 +10,10 @@ stays fast.
 from importlib import import_module
 
 from .flops import (context_flops_ratio, crossover_seq_len, flops_per_token, hfu, layer_flops,
-                    matmul_bytes, matmul_flops, mfu, roofline_time, training_flops,
-                    training_time)
-from .inference import (critical_batch, decode_step_time, generation_flops, kv_cache_bytes,
-                        max_batch, serving_cost)
+                    linear_attention_flops, linear_attention_state_bytes, matmul_bytes,
+                    matmul_flops, mfu, roofline_time, training_flops, training_time)
+from .inference import (critical_batch, decode_step_time, expected_experts, generation_flops,
+                        kv_cache_bytes, max_batch, serving_cost)
 from .memory import (activation_breakdown, activation_memory, largest_micro_batch,
                      memory_budget, training_memory)
 from .reference.counter import count_flops
@@ -29,10 +29,12 @@ __version__ = "0.1.0"
 __all__ = [
     "Hardware", "ScalingFit", "Transformer", "activation_breakdown", "activation_memory",
     "chinchilla_loss", "chinchilla_optimal", "context_flops_ratio", "count_flops",
-    "critical_batch", "crossover_seq_len", "decode_step_time", "flops_per_token",
+    "critical_batch", "crossover_seq_len", "decode_step_time", "expected_experts",
+    "flops_per_token",
     "format_bytes", "format_count", "format_duration", "format_flops", "format_rate",
     "format_sci", "generation_flops", "hardware", "hardwares", "hfu",
     "inference_aware_optimal", "kv_cache_bytes", "largest_micro_batch", "layer_flops",
+    "linear_attention_flops", "linear_attention_state_bytes",
     "matmul_bytes", "matmul_flops", "max_batch", "memory_budget", "mfu", "model", "models",
     "param_breakdown", "param_count", "parse_bytes", "parse_flop_rate", "parse_quantity",
     "parse_rate", "roofline_time", "scaling_fit", "scaling_fits", "serving_cost",

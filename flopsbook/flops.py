@@ -200,15 +200,28 @@ def _pair_flops(m):
     return scores, 2 * m.d_attn_output
 
 
-def _kind_flops(m, s, b, causal, moe, window):
-    """``layer_flops``'s components for one kind of layer."""
+def _stack_flops(m, s, b, causal, kinds, n):
+    """``layer_flops``'s components summed over ``kinds`` ((count, moe, window), as
+    ``_layer_kinds`` gives them) and divided by ``n``. Only the FFN depends on moe and only the
+    attended pairs on the window, so each is evaluated once per distinct value (few array
+    operations: 10^6 contexts stay fast)."""
     tokens = b * s
-    pairs = b * _attended_pairs(s, causal, window)
     qkv, out = _projection_flops(m)
-    router, ffn = _ffn_flops(m, moe)
+    router = ffn = 0.0
+    pairs_by_window = {}
+    for count, moe, window in kinds:
+        r, f = _ffn_flops(m, moe)
+        router, ffn = router + count * r, ffn + count * f
+        pairs_by_window[window] = pairs_by_window.get(window, 0) + count
+    if len(pairs_by_window) == 1:  # a uniform stack: no weighting (keeps the sum exact)
+        pairs = b * _attended_pairs(s, causal, next(iter(pairs_by_window)))
+    else:
+        pairs = sum(count * _attended_pairs(s, causal, window)
+                    for window, count in pairs_by_window.items()) * b / n
     scores, values = _pair_flops(m)
     return {"qkv": qkv * tokens, "scores": scores * pairs, "weighted_values": values * pairs,
-            "out_proj": out * tokens, "router": router * tokens, "ffn": ffn * tokens}
+            "out_proj": out * tokens, "router": router / n * tokens,
+            "ffn": ffn / n * tokens}
 
 
 @formula
@@ -261,16 +274,12 @@ def layer_flops(m, seq_len, batch=1, *, causal=False, layer=None):
     b = as_array("batch", batch, integer=True, kind="count")
     causal = as_bool("causal", causal)
     if layer is not None:
-        kinds = [(1, m.layer_is_moe(layer), m.layer_window(layer))]
-        n = 1
+        kinds, n = [(1, m.layer_is_moe(layer), m.layer_window(layer))], 1
     else:
         kinds, n = _layer_kinds(m), m.n_layers
-    parts = dict.fromkeys(LAYER_COMPONENTS, 0.0)
-    for count, moe, window in kinds:
-        for k, v in _kind_flops(m, s, b, causal, moe, window).items():
-            parts[k] = parts[k] + count * v
-    parts = {k: result(np.broadcast_to(v, np.broadcast(s, b).shape) / n)
-             for k, v in parts.items()}
+    shape = np.broadcast(s, b).shape
+    parts = {k: result(np.broadcast_to(v, shape))
+             for k, v in _stack_flops(m, s, b, causal, kinds, n).items()}
     parts["total"] = result(sum(parts.values()))
     return parts
 
@@ -583,3 +592,95 @@ def context_flops_ratio(d_model, new_context, old_context=4096):
     s2 = as_array("new_context", new_context, integer=True, kind="count")
     s1 = as_array("old_context", old_context, integer=True, kind="count")
     return result((6 * h + s2) / (6 * h + s1))
+
+
+# --- Attention-free layers -------------------------------------------------------------------
+# Derived in the chapter "Beyond the dense transformer": linear attention (Katharopoulos et al.
+# 2020) in place of softmax attention, the simplest layer with a constant state per token.
+
+def _linear_attention_spec(m):
+    m = as_spec(m)
+    if m.is_mla:
+        raise ValueError("m: linear attention replaces standard (MHA/GQA/MQA) attention; "
+                         f"{m.name} uses multi-head latent attention (kv_lora_rank set)")
+    if m.positional == "relative":
+        raise ValueError("m: linear attention with positional='relative' is not modelled "
+                         "(allowed: 'rope', 'none', 'learned')")
+    return m
+
+
+@formula
+def linear_attention_flops(m, seq_len, batch=1):
+    """Forward matmul FLOPs of one layer of ``m`` with its attention made linear, by component.
+
+    Linear attention drops the softmax, so ``(q k^T) v`` can be computed as ``q (k^T v)``: each
+    key/value head keeps a ``d_head x d_head`` state S = sum over past tokens of k v^T. Per
+    token a key/value head adds its k v^T (``state_update``: 2*d_head**2 FLOPs) and each query
+    head reads q S (``state_readout``: 2*d_head**2): 2*b*s*d_head**2*(n_kv_heads + n_heads) in
+    all, linear in s, where softmax attention's two products grow as s**2 (causal: the s(s+1)/2
+    pairs). The projections and the FFN (and an MoE's router) are those of ``layer_flops``, for
+    the average layer; windows do not apply (every layer's attention is replaced). Causal and
+    non-causal cost the same (a running sum, or one sum over the sequence). The feature map and
+    normaliser of Katharopoulos et al. are elementwise and left out. Broadcasts over ``seq_len``
+    and ``batch``.
+
+    Args:
+        m (Transformer | str): The model whose attention is replaced: a :class:`Transformer`
+            (MHA, GQA or MQA) or a registry name.
+        seq_len (int | str | array-like): Tokens per sequence s: a whole number > 0, an array of
+            them, or one text count such as ``"128k"``.
+        batch (int | str | array-like): Number of sequences b, as ``seq_len``. Default 1.
+
+    Returns:
+        dict[str, float | numpy.ndarray]: FLOPs under the keys ``qkv``, ``state_update``,
+        ``state_readout``, ``out_proj``, ``router``, ``ffn`` and ``total``.
+
+    Raises:
+        ValueError: If ``m`` is not a model, uses MLA or relative positions (not modelled), or a
+            count is not a positive whole number; the message names the argument.
+    """
+    m = _linear_attention_spec(m)
+    s = as_array("seq_len", seq_len, integer=True, kind="count")
+    b = as_array("batch", batch, integer=True, kind="count")
+    tokens = b * s
+    qkv, out = _projection_flops(m)
+    ffn = sum(count * np.array(_ffn_flops(m, moe)) for count, moe, _ in _layer_kinds(m)) \
+        / m.n_layers
+    square = 2 * m.d_head * m.d_head
+    parts = {"qkv": qkv * tokens, "state_update": square * m.n_kv_heads * tokens,
+             "state_readout": square * m.n_heads * tokens, "out_proj": out * tokens,
+             "router": ffn[0] * tokens, "ffn": ffn[1] * tokens}
+    parts = {k: result(v) for k, v in parts.items()}
+    parts["total"] = result(sum(parts.values()))
+    return parts
+
+
+@formula
+def linear_attention_state_bytes(m, batch, bytes_per_value=2):
+    """Bytes of the recurrent state of ``batch`` sequences when ``m``'s attention is linear.
+
+    The analogue of the KV cache: every layer keeps one ``d_head x d_head`` state per key/value
+    head, ``n_layers * n_kv_heads * d_head**2 * bytes_per_value`` per sequence, whatever the
+    context. A softmax KV cache holds ``2 * n_kv_heads * d_head`` values per token and layer, so
+    the two are equal at ``d_head / 2`` tokens and the state is the smaller beyond. Broadcasts
+    over ``batch`` and ``bytes_per_value``.
+
+    Args:
+        m (Transformer | str): The model whose attention is replaced (MHA, GQA or MQA): a
+            :class:`Transformer` or a registry name.
+        batch (int | str | array-like): Sequences, a whole number > 0, an array of them, or one
+            text count.
+        bytes_per_value (float | array-like): Bytes per state value, > 0; numbers only.
+            Default 2.
+
+    Returns:
+        float | numpy.ndarray: Bytes: a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If ``m`` is not a model or uses MLA, or a count or ``bytes_per_value`` is
+            not valid; the message names the argument.
+    """
+    m = _linear_attention_spec(m)
+    b = as_array("batch", batch, integer=True, kind="count")
+    v = as_array("bytes_per_value", bytes_per_value)
+    return result(float(m.n_layers * m.n_kv_heads * m.d_head ** 2) * b * v)

@@ -318,6 +318,11 @@ _HARDWARE = {h.name: h for h in [
         int8=1978.9e12, notes="SXM. H100 compute with the datasheet's '141 GB' of HBM3e: "
                               "nvidia-smi reports 143,771 MiB (140.4 GiB, 150.8e9 bytes), which "
                               "is the memory used here; the '141' is closer to GiB than to GB."),
+    _hw("h800", 80 * GiB, 3.35e12, "nvidia2022h100",
+        fp32=66.9e12, tf32=494.7e12, bf16=989.4e12, fp16=989.4e12, fp8=1978.9e12,
+        int8=1978.9e12, notes="SXM, 80 GB: the H100 SXM's compute and memory (the peaks of the "
+                              "H100 datasheet) with NVLink cut to 400 GB/s for export; DeepSeek "
+                              "trained V3 on it."),
     _hw("tpu-v4", 32 * GiB, 1200e9, "jouppi2023tpuv4", bf16=275e12, int8=275e12,
         notes="One chip (two TensorCores)."),
 ]}
