@@ -21,7 +21,10 @@ import numpy as np
 
 # What a text argument means, by kind: the parser in flopsbook.units and, where a registry name
 # makes sense, what the name stands for.
-KINDS = ("count", "params", "bytes", "rate", "flop_rate")
+# "active_params" is the N of C = 6ND: a model stands for the parameters one token uses (all of
+# them for a dense model, the active ones for a mixture of experts); "params" for all of them.
+KINDS = ("count", "params", "active_params", "bytes", "rate", "flop_rate")
+_PARAM_KINDS = ("params", "active_params")
 
 
 def shown(value, limit: int = 60) -> str:
@@ -35,13 +38,14 @@ def _text(name: str, value: str, kind: str) -> float:
     from .registry import _HARDWARE, _MODELS
 
     key = value.strip()
-    if kind == "params" and key in _MODELS:
+    if kind in _PARAM_KINDS and key in _MODELS:
         from .spec import param_count
-        return float(param_count(_MODELS[key]))
+        return float(param_count(_MODELS[key], active=kind == "active_params"))
     if key in _HARDWARE and kind in ("bytes", "rate", "flop_rate"):
         h = _HARDWARE[key]
         return {"bytes": h.memory_bytes, "rate": h.bandwidth, "flop_rate": h.peak_16bit}[kind]
     parse = {"count": units.parse_quantity, "params": units.parse_quantity,
+             "active_params": units.parse_quantity,
              "bytes": units.parse_bytes, "rate": units.parse_rate,
              "flop_rate": units.parse_flop_rate}[kind]
     try:
@@ -54,14 +58,15 @@ def _numeric(name: str, value, kind: str | None) -> np.ndarray:
     """``value`` as a float64 array, refusing anything that is not a real number."""
     if kind is not None and isinstance(value, str):
         return np.asarray(_text(name, value, kind))
-    if kind == "params":
+    if kind in _PARAM_KINDS:
         from .spec import Transformer, param_count
         if isinstance(value, Transformer):
-            return np.asarray(float(param_count(value)))
+            return np.asarray(float(param_count(value, active=kind == "active_params")))
     what = "a number or an array of numbers"
     if kind is not None:
         what += " (or one text quantity such as " + {
             "count": "'15T' or '128k'", "params": "'7B' or a model name",
+            "active_params": "'7B' or a model name",
             "bytes": "'80GB' or '80GiB'", "rate": "'3.35 TB/s'",
             "flop_rate": "'989 TFLOP/s' or a hardware name"}[kind] + ")"
     if value is None or isinstance(value, (bool, np.bool_, str, bytes, dict, set)):

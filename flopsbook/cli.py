@@ -140,12 +140,12 @@ def _train(args):
                                          dtype=args.dtype))
     # Both were checked by the formulas just above; the arithmetic below needs numbers.
     tokens, devices = fb.parse_quantity(args.tokens), fb.parse_quantity(args.devices)
-    n = fb.param_count(m)
+    n, n_active = fb.param_count(m), fb.param_count(m, active=True)
     per_token = float(fb.flops_per_token(m, causal=True))   # what a causal kernel computes
     peak = hw.peak_16bit if args.dtype is None else hw.peak(args.dtype)
     days, device_hours = seconds / 86400, seconds / 3600 * devices
     cost = None if price is None else device_hours * price
-    out = {"model": m.name, "params": n, "tokens": tokens, "flops_6nd": flops_6nd,
+    out = {"model": m.name, "params": n, "active_params": n_active, "tokens": tokens, "flops_6nd": flops_6nd,
            "matmul_flops_per_token": per_token, "matmul_context": m.seq_len,
            "flops_matmul": per_token * tokens, "hardware": hw.name, "devices": _int(devices),
            "dtype": args.dtype, "peak_flops_per_device": peak, "mfu": args.mfu,
@@ -153,14 +153,19 @@ def _train(args):
            "cost": cost}
     when = (f"{_whole(days)} days" if days >= 100 else f"{days:.3g} days" if days >= 1 else
             format_duration(seconds))
-    rows = [("parameters N", f"{format_count(n)} ({n:,})"),
-            ("tokens D", format_count(tokens)),
-            ("FLOPs, 6ND", f"{format_flops(flops_6nd)}  (6 x N x D: time and cost use it)"),
-            ("FLOPs, matmul count", f"{format_flops(per_token * tokens)}  (flops_per_token x D: "
-             f"every matmul, causal attention and logits too, at {m.seq_len:,} tokens of context)"),
-            ("time", f"{when}  (at {format_flops(peak * args.mfu, per_second=True)} per device: "
-                     f"MFU x the {format_flops(peak, per_second=True)} peak)"),
-            ("device-hours", _whole(device_hours))]
+    if n_active == n:
+        rows = [("parameters N", f"{format_count(n)} ({n:,})")]
+    else:  # a mixture of experts: C = 6ND counts the parameters a token uses
+        rows = [("parameters, all", f"{format_count(n)} ({n:,})"),
+                ("active N", f"{format_count(n_active)} ({n_active:,}): what a token uses")]
+    rows += [("tokens D", format_count(tokens)),
+             ("FLOPs, 6ND", f"{format_flops(flops_6nd)}  (6 x N x D: time and cost use it)"),
+             ("FLOPs, matmul count", f"{format_flops(per_token * tokens)}  (flops_per_token x "
+              f"D: every matmul, causal attention and logits too, at {m.seq_len:,} tokens of "
+              "context)"),
+             ("time", f"{when}  (at {format_flops(peak * args.mfu, per_second=True)} per "
+                      f"device: MFU x the {format_flops(peak, per_second=True)} peak)"),
+             ("device-hours", _whole(device_hours))]
     if cost is not None:
         rows.append(("cost", f"${_whole(cost)} at ${_whole(price, 2)} per device-hour"))
     title = f"Training {m.name} on {_whole(devices)} x {hw.name} at MFU {args.mfu:g}"
@@ -261,11 +266,12 @@ def _serve(args):
 
 
 def _models(args):
-    rows = [{"name": name, "params": fb.param_count(name), "source": fb.model(name).source}
+    rows = [{"name": name, "params": fb.param_count(name),
+             "active_params": fb.param_count(name, active=True), "source": fb.model(name).source}
             for name in fb.models()]
-    text = [f"{'model':<16}{'parameters':>11}{'exact':>18}  source"]
-    text += [f"{r['name']:<16}{format_count(r['params']):>11}{r['params']:>18,}  {r['source']}"
-             for r in rows]
+    text = [f"{'model':<17}{'parameters':>11}{'exact':>18}{'active':>8}  source"]
+    text += [f"{r['name']:<17}{format_count(r['params']):>11}{r['params']:>18,}"
+             f"{format_count(r['active_params']):>8}  {r['source']}" for r in rows]
     return {"models": rows}, "\n".join(text), 0
 
 

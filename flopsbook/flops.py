@@ -342,12 +342,15 @@ def flops_per_token(m, context=None, *, training=True, causal=False, recompute=F
 def training_flops(n_params, n_tokens):
     """C = 6 N D: training FLOPs of N parameters on D tokens (2 forward + 4 backward each).
 
-    Derived in the chapter "Weight FLOPs". Broadcasts over both arguments.
+    Derived in the chapter "Weight FLOPs"; for a mixture of experts N is the active count.
+    Broadcasts over both arguments.
 
     Args:
         n_params (float | str | Transformer | array-like): Parameters N, a count > 0 (not
             billions), one text count such as ``"7B"``, or a :class:`Transformer` or model name:
-            then ``param_count``, embeddings included.
+            then ``param_count(m, active=True)``, embeddings included: every parameter of a
+            dense model, the parameters one token uses of a mixture of experts (the chapter
+            "Beyond the dense transformer").
         n_tokens (float | str | array-like): Training tokens D, a count > 0, or one text count
             such as ``"15T"``.
 
@@ -358,7 +361,7 @@ def training_flops(n_params, n_tokens):
         ValueError: If an argument is not a positive finite number, readable text or (for
             ``n_params``) a model; the message names it.
     """
-    n = as_array("n_params", n_params, kind="params")
+    n = as_array("n_params", n_params, kind="active_params")
     d = as_array("n_tokens", n_tokens, kind="count")
     return result(6.0 * n * d)
 

@@ -46,7 +46,11 @@ BAD = [
     (("frobnicate",), "COMMAND"),
 ]
 
-COMMANDS = [TRAIN, MEMORY, SERVE, ("models",), ("hardware",)]
+# A mixture of experts: 6ND counts the active parameters (Mixtral 8x7B's "12.9B active").
+TRAIN_MOE = ("train", "mixtral-8x7b", "--tokens", "1T", "--hardware", "h100-sxm", "--mfu", "0.4")
+N_MIXTRAL, N_MIXTRAL_ACTIVE = 46_702_792_704, 46_702_792_704 - 32 * 6 * 3 * 4096 * 14336
+
+COMMANDS = [TRAIN, TRAIN_MOE, MEMORY, SERVE, ("models",), ("hardware",)]
 COMMANDS += [c + ("--json",) for c in COMMANDS] + [TOO_BIG + ("--json",), BAD[0][0], BAD[-1][0]]
 
 
@@ -85,6 +89,14 @@ def test_train(run):
     for shown in ("6.74B (6,738,415,616)", fb.format_flops(flops), "6ND", "matmul",
                   "179,979", "$359,958", f"{seconds / 86400:.3g} days"):
         assert shown in text.stdout, shown
+
+
+def test_train_a_mixture_of_experts_uses_the_active_parameters(run):
+    got = ok_json(run, TRAIN_MOE)
+    assert (got["params"], got["active_params"]) == (N_MIXTRAL, N_MIXTRAL_ACTIVE)
+    assert got["flops_6nd"] == pytest.approx(6 * N_MIXTRAL_ACTIVE * 1e12, rel=1e-12)
+    text = run(TRAIN_MOE).stdout
+    assert "12.9B (12,879,925,248)" in text and "active" in text
 
 
 def test_memory(run):
@@ -153,7 +165,9 @@ def test_models_and_hardware(run):
     assert {m["name"]: m["params"] for m in got}["llama2-7b"] == N_LLAMA2_7B
     row = next(line for line in run(("models",)).stdout.splitlines()
                if line.startswith("llama2-7b "))
-    assert row.split() == ["llama2-7b", "6.74B", "6,738,415,616", "touvron2023llama2"]
+    assert row.split() == ["llama2-7b", "6.74B", "6,738,415,616", "6.74B", "touvron2023llama2"]
+    mixtral = {m["name"]: m for m in got}["mixtral-8x7b"]
+    assert (mixtral["params"], mixtral["active_params"]) == (N_MIXTRAL, N_MIXTRAL_ACTIVE)
 
     hw = {h["name"]: h for h in ok_json(run, ("hardware",))["hardware"]}
     assert list(hw) == fb.hardwares()
