@@ -139,3 +139,11 @@ def test_every_cell_has_a_unique_id(path):
     # nbformat 4.5 requires cell ids; a cell inserted by a script without one warns at every run.
     ids = [c.get("id") for c in load(path)["cells"]]
     assert None not in ids and len(set(ids)) == len(ids)
+
+
+def test_the_api_page_documents_every_public_name():
+    import flopsbook as fb
+
+    api = (ROOT / "book" / "api.md").read_text()
+    documented = set(re.findall(r"\.\. auto(?:function|class):: flopsbook\.(\w+)\n", api))
+    assert set(fb.__all__) - documented == set()
