@@ -1,10 +1,19 @@
 """Inference: the key/value cache, generation FLOPs and the decode roofline.
 
 Derived in the chapter "Inference: the KV cache, prefill versus decode, batching and the
-memory-bandwidth roofline" (``notebooks/inference``). Conventions: a multiply-add is 2 FLOPs;
-forward only; matmul FLOPs only (norms, softmax, activations and embedding lookups are left
-out); logits are computed for the last position of each step only, as a sampler needs. Sizes
-are counts, memory is in bytes, times in seconds and costs in dollars.
+memory-bandwidth roofline" (``notebooks/inference``); mixtures of experts, multi-head latent
+attention (MLA) and local windows in the chapter "Beyond the dense transformer". Conventions: a
+multiply-add is 2 FLOPs; forward only; matmul FLOPs only (norms, softmax, activations and
+embedding lookups are left out); logits are computed for the last position of each step only,
+as a sampler needs. Sizes are counts, memory is in bytes, times in seconds and costs in dollars.
+
+Generation follows the counting reference model's conventions: a local layer keeps a rolling
+cache of at most ``window`` tokens, so a decode step's token there attends to
+``min(context, window)`` keys; an MoE layer runs its router, ``top_k`` routed and the shared
+experts for every token (dropless); MLA caches its latent and shared rotary key
+(``kv_cache_width`` values per token and layer), runs a full pass over a prompt in the naive
+form (every projection of the layer, heads of width ``d_qk`` and ``v_head_dim``) and every
+one-token decode step in the absorbed form (see :func:`generation_flops`).
 """
 
 from __future__ import annotations
@@ -14,23 +23,35 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import as_array, as_bool, as_hardware, as_peak, as_spec, formula, result
-from .flops import _attended_pairs, _layer_coefficients
+from .flops import _attended_pairs, _ffn_flops, _layer_kinds, _pair_flops, _projection_flops
+
+
+def _cached_tokens(m, s):
+    """Tokens cached per sequence, summed over the layers, after ``s`` tokens: a global layer
+    keeps all ``s``, a local one its rolling buffer of ``min(s, window)``."""
+    return sum(count * (s if w is None else np.minimum(s, w)) for count, _, w in _layer_kinds(m))
 
 
 @formula
 def kv_cache_bytes(m, batch, seq_len, bytes_per_value=2):
     """Bytes of the key/value cache of ``batch`` sequences of ``seq_len`` tokens.
 
-    Each token keeps one key and one value vector per key/value head in every layer:
-    ``2 * n_layers * n_kv_heads * d_head * bytes_per_value`` bytes per token. Multi-query
-    (``n_kv_heads=1``) and grouped-query attention shrink it by ``n_heads / n_kv_heads``.
-    Broadcasts over ``batch``, ``seq_len`` and ``bytes_per_value``.
+    Each token keeps ``kv_cache_width`` values in every layer that holds it: one key and one
+    value vector per key/value head, ``2 * n_kv_heads * d_head``; multi-query
+    (``n_kv_heads=1``) and grouped-query attention shrink it by ``n_heads / n_kv_heads``. With
+    multi-head latent attention (MLA) a token keeps its latent and the rotary key all heads
+    share, ``kv_lora_rank + qk_rope_dim`` values, whatever the number of heads. A local layer
+    (``window``) keeps a rolling buffer of the last ``min(seq_len, window)`` tokens, since no
+    later token attends further back; a global layer keeps all ``seq_len``. So the bytes are
+    ``batch * kv_cache_width * bytes_per_value`` times the sum over layers of the tokens each
+    keeps. Derived in the chapters "Inference" and "Beyond the dense transformer". Broadcasts
+    over ``batch``, ``seq_len`` and ``bytes_per_value``.
 
     Args:
         m (Transformer | str): The model: a :class:`Transformer` or a registry name.
         batch (int | str | array-like): Sequences, a whole number > 0, an array of them, or one
             text count such as ``"1k"``.
-        seq_len (int | str | array-like): Tokens cached per sequence, as ``batch`` (e.g.
+        seq_len (int | str | array-like): Tokens of each sequence so far, as ``batch`` (e.g.
             ``"128k"``).
         bytes_per_value (float | array-like): Bytes per cached value: 2 for 16-bit, 1 for
             int8/fp8, 0.5 for int4 (quantisation scales left out), 8 for the reference model's
@@ -47,15 +68,72 @@ def kv_cache_bytes(m, batch, seq_len, bytes_per_value=2):
     b = as_array("batch", batch, integer=True, kind="count")
     s = as_array("seq_len", seq_len, integer=True, kind="count")
     v = as_array("bytes_per_value", bytes_per_value)
-    return result(2.0 * m.n_layers * m.n_kv_heads * m.d_head * b * s * v)
+    return result(1.0 * m.kv_cache_width * _cached_tokens(m, s) * b * v)
 
 
-def _token_flops(m):
-    """Forward matmul FLOPs of one token through one layer that do not depend on the context
-    (projections and FFN; with relative positions also the projection of one new position
-    encoding), and the FLOPs per attended (query, key) pair per layer."""
-    projections, ffn, per_pair = _layer_coefficients(m)
-    return projections + ffn, per_pair
+def _decode_projection_flops(m):
+    """Forward FLOPs per new token of one layer's attention projections in a one-token decode
+    step, (into q, k, v and the latent; out): the naive ones of ``_projection_flops``, except
+    with MLA's absorbed form. There the cached latent is never up-projected: the new token's
+    key/value up-projection is skipped, each head's non-rotary query is mapped into latent
+    space instead (H * d_head * kv_lora_rank multiply-adds), and the attention's output, a
+    latent per head, is mapped to the value heads (H * kv_lora_rank * v_head_dim) before W_o."""
+    qkv, out = _projection_flops(m)
+    if not m.is_mla:
+        return qkv, out
+    kv_up = m.kv_lora_rank * m.n_heads * (m.d_head + m.v_head_dim)
+    q_to_latent = m.n_heads * m.d_head * m.kv_lora_rank
+    latent_to_v = m.n_heads * m.kv_lora_rank * m.v_head_dim
+    return qkv - 2 * kv_up + 2 * q_to_latent, out + 2 * latent_to_v
+
+
+def _decode_pair_flops(m):
+    """Forward FLOPs per attended (query, key) pair of one layer in a decode step. MLA's
+    absorbed form scores a head's latent query and rotary query against the cached latent and
+    rotary key (kv_lora_rank + qk_rope_dim) and weights the cached latents (kv_lora_rank)."""
+    if not m.is_mla:
+        return sum(_pair_flops(m))
+    return 2 * m.n_heads * (m.kv_lora_rank + m.qk_rope_dim) + 2 * m.n_heads * m.kv_lora_rank
+
+
+def _kind_coefficients(m, moe, decode):
+    """(FLOPs per token, FLOPs per attended pair) of one layer of a kind (MoE FFN or dense),
+    in a full pass (``decode=False``: MLA naive) or a one-token decode step (MLA absorbed)."""
+    qkv, out = _decode_projection_flops(m) if decode else _projection_flops(m)
+    per_pair = _decode_pair_flops(m) if decode else sum(_pair_flops(m))
+    return qkv + out + sum(_ffn_flops(m, moe)), per_pair
+
+
+def _window_key_sum(lo, hi, window):
+    """sum of min(c, window) for c = lo+1 .. hi (hi >= lo): the keys of the decode steps whose
+    contexts are lo+1 .. hi. Without a window, (hi - lo) lo + (hi - lo)(hi - lo + 1)/2."""
+    if window is None:
+        n = hi - lo
+        return n * lo + n * (n + 1) / 2
+    below = np.maximum(np.minimum(hi, window) - lo, 0)   # contexts lo+1 .. min(hi, window)
+    above = np.maximum(hi - np.maximum(lo, window), 0)   # contexts beyond the window
+    return below * lo + below * (below + 1) / 2 + above * window
+
+
+def _square_sum(lo, hi):
+    """sum of s**2 for s = lo .. hi (lo >= 1)."""
+    return (hi * (hi + 1) * (2 * hi + 1) - (lo - 1) * lo * (2 * lo - 1)) / 6
+
+
+def _pass_pairs_to(n, window):
+    """sum over s = 1 .. n (n >= 0) of the causal pairs of a pass over s tokens,
+    _attended_pairs(s, True, window): n(n+1)(n+2)/6 without a window. With one of W, the e =
+    max(n - W, 0) passes beyond it add W(W+1)/2 + jW each (j = 1 .. e): eW(W + e + 2)/2."""
+    if window is None:
+        return n * (n + 1) * (n + 2) / 6
+    beyond = np.maximum(n - window, 0)
+    short = n - beyond
+    return short * (short + 1) * (short + 2) / 6 + beyond * window * (window + beyond + 2) / 2
+
+
+def _causal_pass_pair_sum(lo, hi, window):
+    """sum over s = lo .. hi of the causal pairs of a pass over s tokens (windowed)."""
+    return _pass_pairs_to(hi, window) - _pass_pairs_to(lo - 1, window)
 
 
 @formula
@@ -74,6 +152,23 @@ def generation_flops(m, prompt_len, new_tokens, *, kv_cache=True, causal=True):
     uncached passes only: a one-token step sees every cached key, so both count the same. With
     ``causal=True`` the cache computes every (query, key) pair exactly once. Broadcasts over
     ``prompt_len`` and ``new_tokens``.
+
+    Beyond the dense transformer (the chapter of that name), each kind of layer is counted with
+    its own shapes:
+
+    - a **local layer** (``window`` W) keeps a rolling cache of W tokens: a decode step there
+      attends to ``min(context, W)`` keys, a causal pass over s tokens to
+      W(W+1)/2 + (s - W)W pairs once s > W (a non-causal pass still counts all s*s);
+    - an **MoE layer** runs its router and the ``top_k`` routed and the shared experts for
+      every token (dropless routing), a dense layer its FFN of width ``d_ff``;
+    - **MLA** runs the prefill and the uncached passes in the naive form (every projection of
+      ``layer_flops``, scores over heads of width ``d_qk``, values of width ``v_head_dim``)
+      and each one-token decode step in the absorbed form: the new token's key/value
+      up-projection is skipped; its non-rotary queries are mapped into latent space
+      (2*H*d_head*kv_lora_rank FLOPs); each attended pair costs 2*H*(kv_lora_rank +
+      qk_rope_dim) for the score and 2*H*kv_lora_rank for the weighted latent; the latent
+      output is mapped back to the value heads (2*H*kv_lora_rank*v_head_dim) before W_o
+      (2*H*v_head_dim*d_model).
 
     Args:
         m (Transformer | str): The model: a :class:`Transformer` or a registry name.
@@ -97,17 +192,83 @@ def generation_flops(m, prompt_len, new_tokens, *, kv_cache=True, causal=True):
     p = as_array("prompt_len", prompt_len, integer=True, kind="count")
     t = as_array("new_tokens", new_tokens, integer=True, kind="count")
     kv_cache, causal = as_bool("kv_cache", kv_cache), as_bool("causal", causal)
-    linear, per_pair = _token_flops(m)
-    logits = 2.0 * m.d_model * m.vocab_size
-    if kv_cache:
-        tokens = p + t - 1                             # every token goes through the layers once
-        pairs = _attended_pairs(p, causal) + (t - 1) * p + t * (t - 1) / 2
-    else:
-        tokens = t * p + t * (t - 1) / 2               # sum of s for s = P .. P+T-1
-        last, first = p + t - 1, p - 1
-        squares = (last * (last + 1) * (2 * last + 1) - first * (first + 1) * (2 * first + 1)) / 6
-        pairs = (squares + tokens) / 2 if causal else squares
-    return result(m.n_layers * (linear * tokens + per_pair * pairs) + t * logits)
+    total = t * 2.0 * m.d_model * m.vocab_size          # logits of one position per step
+    last = p + t - 1
+    for count, moe, window in _layer_kinds(m):
+        linear, per_pair = _kind_coefficients(m, moe, decode=False)
+        if kv_cache:
+            step_linear, step_pair = _kind_coefficients(m, moe, decode=True)
+            layer = (linear * p + per_pair * _attended_pairs(p, causal, window)
+                     + step_linear * (t - 1) + step_pair * _window_key_sum(p, last, window))
+        else:
+            tokens = t * p + t * (t - 1) / 2             # sum of s for s = P .. P+T-1
+            pairs = (_causal_pass_pair_sum(p, last, window) if causal
+                     else _square_sum(p, last))          # a dense kernel: all s*s, window or not
+            layer = linear * tokens + per_pair * pairs
+        total = total + count * layer
+    return result(total)
+
+
+@formula
+def expected_experts(n_experts, top_k, batch):
+    """Expected number of distinct routed experts that ``batch`` tokens hit in one MoE layer.
+
+    Under uniform routing (each token meets ``top_k`` distinct experts chosen uniformly at
+    random, tokens independent) a given expert is missed by one token with probability
+    1 - k/E and by all B tokens with (1 - k/E)**B, so by linearity of expectation
+    ``E * (1 - (1 - k/E)**B)`` experts are hit: k for one token, close to k*B while k*B is
+    much less than E, and E as B grows. This is what a decode step at batch B reads of a
+    layer's experts. Derived in the chapter "Beyond the dense transformer"; checked against
+    ``flopsbook.reference.routing.simulate_experts_hit`` (a Monte Carlo router).
+
+    For tokens routed independently by any one router, the expected count is
+    sum over experts of 1 - (1 - p_e)**B, with p_e the chance that a token meets expert e
+    (the p_e sum to k); 1 - (1 - p)**B is concave in p, so this is largest when every p_e is
+    k/E (Jensen). The uniform count is thus an upper bound for independent tokens, reached by
+    a perfectly balanced router; a skewed router hits fewer experts. Tokens that are not
+    independent (a batch of similar prompts) may hit fewer or more, never more than
+    ``min(E, k*B)``.
+
+    Args:
+        n_experts (int | array-like): Routed experts per layer E, a whole number > 0 (an array
+            of them broadcasts); numbers only.
+        top_k (int | array-like): Experts each token meets k, a whole number, 1 <= k <= E.
+        batch (int | str | array-like): Tokens routed together B (a decode step's batch), a
+            whole number > 0, an array of them, or one text count such as ``"1k"``.
+
+    Returns:
+        float | numpy.ndarray: Expected distinct experts (a real number between k and
+        ``min(E, k*B)``): a float, or an array when an argument is one.
+
+    Raises:
+        ValueError: If an argument is not a positive whole number, or ``top_k`` exceeds
+            ``n_experts``; the message names the argument.
+    """
+    e = as_array("n_experts", n_experts, integer=True)
+    k = as_array("top_k", top_k, integer=True)
+    b = as_array("batch", batch, integer=True, kind="count")
+    if np.any(k > e):
+        bad = np.broadcast_arrays(k, e)
+        i = np.argmax(bad[0] > bad[1])
+        raise ValueError(f"top_k={bad[0].flat[i]:g} must be at most n_experts="
+                         f"{bad[1].flat[i]:g} (allowed: 1 to n_experts)")
+    return result(_expected_experts(e, k, b))
+
+
+def _expected_experts(e, k, b):
+    # E(1 - (1 - k/E)**B) as written is exact for one token when k/E is a binary fraction
+    # (Mixtral's 2/8: 2 experts, not 1.9999999999999998), but loses k/E against 1 when it is
+    # tiny; there -E expm1(B log1p(-k/E)), the same number, keeps every digit.
+    p = k / e
+    with np.errstate(divide="ignore"):
+        return np.where(p < 1e-3, -e * np.expm1(b * np.log1p(-p)), e * (1 - (1 - p) ** b))
+
+
+def _expected_experts_slope(e, k, b):
+    """d/dB of E(1 - (1 - k/E)**B): -E ln(1 - k/E) (1 - k/E)**B, 0 when k = E."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_q = np.log1p(-k / e)
+        return np.where(k < e, -e * log_q * np.exp(b * np.where(k < e, log_q, 0.0)), 0.0)
 
 
 @dataclass(frozen=True)
@@ -127,7 +288,8 @@ class DecodeStep:
         bound (str | numpy.ndarray): ``"compute"`` where ``compute_time >= memory_time``, else
             ``"memory"``.
         flops (float | numpy.ndarray): Matmul FLOPs of the step (all sequences of the batch).
-        bytes (float | numpy.ndarray): Bytes read: the weights plus the KV cache.
+        bytes (float | numpy.ndarray): Bytes read: the weights the step uses (for a mixture of
+            experts the expected experts hit, :func:`expected_experts`) plus the KV cache.
         tokens_per_second (float | numpy.ndarray): Tokens generated per second:
             ``batch / time``.
     """
@@ -138,23 +300,44 @@ class DecodeStep:
     intensity: object        # flops / bytes (FLOPs per byte)
     bound: object            # "compute" where compute_time >= memory_time, else "memory"
     flops: object            # matmul FLOPs of the step (all sequences of the batch)
-    bytes: object            # weights + KV cache read
+    bytes: object            # weights read (expected experts for an MoE) + KV cache
     tokens_per_second: object  # batch / time
 
 
-def _step_parts(m, batch, context, bytes_per_param, kv_bytes_per_value):
-    from .spec import param_count
+def _step_flops(m, ctx):
+    """Forward matmul FLOPs of one sequence's decode step at ``ctx`` keys: every layer's
+    one-token projections and FFN (MLA absorbed), min(ctx, window) pairs in a local layer,
+    the logits of one position."""
+    flops = 2.0 * m.d_model * m.vocab_size
+    for count, moe, window in _layer_kinds(m):
+        linear, per_pair = _kind_coefficients(m, moe, decode=True)
+        keys = ctx if window is None else np.minimum(ctx, window)
+        flops = flops + count * (linear + per_pair * keys)
+    return flops
 
+
+def _weight_parts(m):
+    """(parameters every step reads whatever the batch, parameters of one routed expert,
+    MoE layers): everything but the routed experts is read once per step; of each MoE layer's
+    experts only those the batch hits."""
+    from .spec import ffn_params, param_breakdown
+
+    parts = param_breakdown(m)
+    if not m.is_moe:
+        return parts["total"], 0, 0
+    return parts["total"] - parts["experts"], ffn_params(m, m.d_ff_expert), m.n_moe_layers
+
+
+def _step_parts(m, batch, context, bytes_per_param, kv_bytes_per_value):
     m = as_spec(m)
     b = as_array("batch", batch, integer=True, kind="count")
     ctx = as_array("context", context, integer=True, kind="count")
     w = as_array("bytes_per_param", bytes_per_param)
     kv = as_array("kv_bytes_per_value", kv_bytes_per_value)
-    linear, per_pair = _token_flops(m)
-    flops_per_seq = m.n_layers * (linear + per_pair * ctx) + 2.0 * m.d_model * m.vocab_size
-    weight_bytes = param_count(m) * w
-    kv_per_seq = kv_cache_bytes(m, 1, ctx, kv)
-    return b, flops_per_seq, weight_bytes, kv_per_seq
+    shared, expert, n_moe = _weight_parts(m)
+    weights = shared if not n_moe else \
+        shared + n_moe * expert * _expected_experts(m.n_experts, m.top_k, b)
+    return b, _step_flops(m, ctx), weights * w, kv_cache_bytes(m, 1, ctx, kv)
 
 
 _SERVING = """``n_devices`` is tensor-parallel serving: the weights, each sequence's KV cache and
@@ -164,20 +347,36 @@ _SERVING = """``n_devices`` is tensor-parallel serving: the weights, each sequen
     with more devices than key/value heads replicates them, which holds more cache than this
     counts."""
 
+_EXPERT_TRAFFIC = """A mixture of experts reads, per step, every weight but the routed experts
+    (attention, router, shared experts, dense layers, embeddings) and, per MoE layer, only the
+    experts its ``batch`` tokens hit: ``expected_experts(n_experts, top_k, batch)`` of them,
+    the expectation under uniform routing (each token meets ``top_k`` distinct experts at
+    random, tokens independent). For any router that routes the tokens of a batch
+    independently, that is an upper bound on the expected traffic, reached by a balanced
+    router (one that sends a token to each expert with the same probability top_k/n_experts):
+    a skewed router hits fewer experts and reads less (see :func:`expected_experts`). At
+    ``batch=1`` it is exactly the ``top_k`` experts: ``param_count(m, active=True)`` weights in
+    all. Every expert must still be held in memory (:func:`max_batch`)."""
+
 
 @formula
 def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes_per_value=2,
                      dtype=None, n_devices=1):
     """Roofline time of one decode step: ``batch`` sequences each add one token.
 
-    Each new token attends to ``context`` keys (itself included). Returns a
+    Each new token attends to ``context`` keys (itself included; in a local layer to
+    ``min(context, window)``, its rolling cache). Returns a
     :class:`~flopsbook.inference.DecodeStep`.
 
-    FLOPs: per sequence, the layers' projections, ``context`` (query, key) pairs per layer and
-    the logits of one position (as :func:`generation_flops` counts a step). Bytes: every
-    parameter read once (``param_count(m) * bytes_per_param``, shared by the batch; for untied
-    embeddings this overcounts the input table, of which only ``batch`` rows are read) plus the
-    whole KV cache of every sequence (``kv_cache_bytes``). Activations are left out.
+    FLOPs: per sequence, the layers' one-token projections and FFNs (an MoE layer's router,
+    ``top_k`` routed and shared experts; MLA in its absorbed form), the attended (query, key)
+    pairs of every layer and the logits of one position (as :func:`generation_flops` counts a
+    step). Bytes: the weights the step uses read once, shared by the batch (a dense model: all
+    ``param_count(m)`` of them, times ``bytes_per_param``; for untied embeddings this
+    overcounts the input table, of which only ``batch`` rows are read) plus the whole KV cache
+    of every sequence (``kv_cache_bytes``). Activations are left out.
+
+    {experts}
 
     Of ``hardware``, ``bandwidth`` (HBM, bytes/s) and ``peak(dtype)`` are used, by default its
     bf16 peak (fp16 where there is no bf16): quantised weights are assumed dequantised to 16
@@ -234,7 +433,28 @@ def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes
                       tokens_per_second=result(np.broadcast_to(b, shape) / time))
 
 
-decode_step_time.__doc__ = decode_step_time.__doc__.format(serving=_SERVING)
+decode_step_time.__doc__ = decode_step_time.__doc__.format(serving=_SERVING,
+                                                           experts=_EXPERT_TRAFFIC)
+
+# Newton's method from above the root of a convex function converges without overshooting;
+# quadratically once close, and a few steps bring it close (the tests check the root).
+_NEWTON_STEPS = 60
+
+
+def _moe_critical_batch(headroom, fixed, expert_bytes, e, k):
+    """The root b > 0 of f(b) = b headroom - fixed - expert_bytes E(b), E(b) the expected
+    experts (increasing, concave, from 0 to e), where headroom > 0. f(0) = -fixed < 0 and f is
+    convex, so the root is unique; it lies in [fixed, fixed + e expert_bytes] / headroom, and
+    Newton's method from the upper end decreases to it monotonically."""
+    b = (fixed + expert_bytes * e) / headroom
+    for _ in range(_NEWTON_STEPS):
+        f = b * headroom - fixed - expert_bytes * _expected_experts(e, k, b)
+        slope = headroom - expert_bytes * _expected_experts_slope(e, k, b)
+        step = np.where(f > 0, f / slope, 0.0)   # f <= 0 only at the root (to rounding)
+        b = b - step
+        if not np.any(step > 4e-16 * b):
+            break
+    return b
 
 
 @formula
@@ -250,6 +470,14 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
     :func:`decode_step_time` (without ``batch``). Splitting over ``n_devices`` divides both sides
     by the same n, so b* does not depend on it (the argument is accepted so that every serving
     function takes the same arguments, and broadcasts).
+
+    For a mixture of experts the weights read grow with the batch (:func:`decode_step_time`):
+    W(b) = W_0 + L X E(b), with W_0 the bytes of everything but the routed experts, X those
+    of one expert, L the MoE layers and E(b) = :func:`expected_experts` (uniform routing, E(b)
+    taken at real b). b F / P = (W(b) + b K) / B_w then has no closed form; since E(b) is
+    concave, b (B_w F / P - K) - W(b) is convex and negative at 0, so there is exactly one root,
+    found by Newton's method (vectorised; to float64 precision, compute and memory time equal
+    there to about 1e-15). Below it a step is memory-bound, from it on compute-bound.
 
     Args:
         m (Transformer | str): The model: a :class:`Transformer` or a registry name.
@@ -278,13 +506,24 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
     h = as_hardware(hardware)
     peak = as_peak("hardware", h, dtype)
     n = as_array("n_devices", n_devices, integer=True, kind="count")
-    _, flops_per_seq, weight_bytes, kv_per_seq = _step_parts(m, 1, context, bytes_per_param,
-                                                             kv_bytes_per_value)
+    m = as_spec(m)
+    _, flops_per_seq, _, kv_per_seq = _step_parts(m, 1, context, bytes_per_param,
+                                                  kv_bytes_per_value)
+    w = as_array("bytes_per_param", bytes_per_param)
+    shared, expert, n_moe = _weight_parts(m)
     headroom = h.bandwidth * flops_per_seq / peak - kv_per_seq
     if not np.isfinite(headroom).all():
         result(headroom)   # raises: a context so long that its FLOPs overflow float64
+    fits = headroom > 0
+    safe = np.where(fits, headroom, 1.0)
     with np.errstate(divide="ignore"):
-        b = np.where(headroom > 0, weight_bytes / np.where(headroom > 0, headroom, 1.0), np.inf)
+        if n_moe:
+            shape = np.broadcast_shapes(np.shape(safe), np.shape(w))
+            b = _moe_critical_batch(np.broadcast_to(safe, shape), shared * w,
+                                    n_moe * expert * w, m.n_experts, m.top_k)
+        else:
+            b = shared * w / safe
+        b = np.where(fits, b, np.inf)
     return result(np.broadcast_to(b, np.broadcast_shapes(np.shape(b), np.shape(n))),
                   allow_inf=True)
 
@@ -294,7 +533,11 @@ def max_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_value=2, 
     """How many sequences of ``context`` tokens fit, with their KV caches, beside the weights.
 
     ``floor((n_devices * memory - param_count(m) * bytes_per_param) / kv_cache_bytes(m, 1,
-    context, kv_bytes_per_value))``, and 0 where the weights alone do not fit.
+    context, kv_bytes_per_value))``, and 0 where the weights alone do not fit. A mixture of
+    experts needs every expert in memory (any token may be routed to any of them), so its
+    weights are all ``param_count(m)`` parameters, though a step reads fewer
+    (:func:`decode_step_time`). The cache is :func:`kv_cache_bytes`: MLA's latents, rolling
+    buffers of ``window`` tokens in local layers.
 
     {serving}
 
