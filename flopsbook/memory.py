@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from ._validate import as_array, as_bool, as_spec, choice, formula, result, shown
+from .spec import GATED_FFN_KINDS
 
 # Bytes per value of each storage format.
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -149,10 +150,14 @@ def training_memory(n_params, *, precision="mixed", optimizer="adamw", zero_stag
 
 def _activation_terms(m, batch, seq_len, recompute, tensor_parallel, sequence_parallel,
                       flash_attention, dropout, bytes_per_value):
-    """The tensors one layer keeps, as (name, width, base) with bytes = width * bases[base].
+    """The tensors each kind of layer keeps, as ``(kinds, bases)``.
 
-    A few base arrays carry the broadcasting and the per-device split, so that a sum over the
-    tensors costs a handful of array operations (10^6 configurations in well under 0.1 s).
+    ``kinds`` maps a kind of layer (False: a dense FFN, True: an MoE FFN) to its
+    ``(how many layers, terms)``, each term ``(name, width, base)`` with bytes = width *
+    bases[base]. A few base arrays carry the broadcasting and the per-device split, so that a
+    sum over the tensors costs a handful of array operations (10^6 configurations in well under
+    0.1 s). Local (windowed) layers keep what global ones keep: the reference model keeps the
+    full masked s x s probabilities.
     """
     m = as_spec(m)
     b = as_array("batch", batch, integer=True, kind="count")
@@ -170,12 +175,25 @@ def _activation_terms(m, batch, seq_len, recompute, tensor_parallel, sequence_pa
     outside = tokens / t if sp else tokens
     bases = {"outside": outside * v, "inside": tokens * v / t}
     h = m.d_model
+    counts = {False: m.n_layers - m.n_moe_layers, True: m.n_moe_layers}
     if recompute == "full":
-        return [("layer_input", h, "outside")], bases
+        terms = [("layer_input", h, "outside")]
+        return {kind: (n, terms) for kind, n in counts.items() if n}, bases
 
     terms = [("norm1_input", h, "outside"),
-             ("norm1_output", h, "outside"),                 # the shared input of q, k, v
-             ("q", m.d_attn, "inside"), ("k", m.d_kv, "inside"), ("v", m.d_kv, "inside")]
+             ("norm1_output", h, "outside")]                 # the shared input of q, k, v
+    if m.qk_norm:                                            # the q/k norms' inputs
+        terms += [("q_norm_input", m.d_attn, "inside"), ("k_norm_input", m.d_kv, "inside")]
+    if m.is_mla:
+        # The latents come from the whole residual stream, before the heads are split: every
+        # tensor-parallel device computes (and keeps) them.
+        if m.q_lora_rank is not None:
+            terms += [("q_a_norm_input", m.q_lora_rank, "outside"),
+                      ("q_a_norm_output", m.q_lora_rank, "outside")]
+        terms += [("kv_a_norm_input", m.kv_lora_rank, "outside"),
+                  ("kv_a_norm_output", m.kv_lora_rank, "outside")]
+    # MLA's k and v are the up-projected (naive) keys and values.
+    terms += [("q", m.d_attn, "inside"), ("k", m.d_kv, "inside"), ("v", m.d_v, "inside")]
     if recompute == "none" and not flash:
         scores = b * s * s / t                               # per head, per device
         bases["scores"] = scores * v
@@ -184,23 +202,37 @@ def _activation_terms(m, batch, seq_len, recompute, tensor_parallel, sequence_pa
             bases["scores_mask"] = scores * MASK_BYTES
             terms += [("attention_dropout_mask", m.n_heads, "scores_mask"),
                       ("attention_dropout_output", m.n_heads, "scores")]  # what multiplies V
-    terms.append(("attention_output", m.d_attn, "inside"))  # the output projection's input
+    terms.append(("attention_output", m.d_attn_output, "inside"))  # the output projection's
     if drop:
         bases["outside_mask"] = outside * MASK_BYTES
         terms.append(("attention_out_dropout_mask", h, "outside_mask"))
+    if m.post_norms:
+        terms.append(("post_attn_norm_input", h, "outside"))
     terms += [("norm2_input", h, "outside"),
               ("norm2_output", h, "outside")]                # the first FFN matmuls' input
-    inner = ["ffn_gate", "ffn_up", "ffn_act"] if m.ffn == "swiglu" else ["ffn_preact", "ffn_act"]
-    terms += [(name, m.d_ff, "inside") for name in inner]
-    if drop:
-        terms.append(("ffn_dropout_mask", h, "outside_mask"))
-    return terms, bases
+    inner = ["gate", "up", "act"] if m.ffn in GATED_FFN_KINDS else ["preact", "act"]
+    after = [("ffn_dropout_mask", h, "outside_mask")] if drop else []
+    if m.post_norms:
+        after.append(("post_ffn_norm_input", h, "outside"))
+    kinds = {False: terms + [(f"ffn_{name}", m.d_ff, "inside") for name in inner] + after}
+    if m.is_moe:
+        # Per token: its top_k routing weights (the router is replicated), top_k rows of every
+        # inner tensor of the routed experts, the top_k expert outputs (after the tensor-parallel
+        # reduction) for the routing weights' gradient, and every shared expert's inner tensors.
+        moe = [("router_weights", m.top_k, "outside")]
+        moe += [(f"expert_{name}", m.top_k * m.d_ff_expert, "inside") for name in inner]
+        moe.append(("expert_output", m.top_k * h, "outside"))
+        if m.n_shared_experts:
+            moe += [(f"shared_{name}", m.n_shared_experts * m.d_ff_expert, "inside")
+                    for name in inner]
+        kinds[True] = terms + moe + after
+    return {kind: (counts[kind], kinds[kind]) for kind in kinds if counts[kind]}, bases
 
 
 @formula
 def activation_breakdown(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
                          sequence_parallel=False, flash_attention=False, dropout=True,
-                         bytes_per_value=2):
+                         bytes_per_value=2, layer=None):
     """Bytes one layer keeps for the backward pass, by tensor (per device).
 
     Derived in the chapter "Memory budgets for training". Keys are the tensor names of the
@@ -219,6 +251,21 @@ def activation_breakdown(m, batch, seq_len, *, recompute="none", tensor_parallel
     dropout masks) along the sequence. ``recompute="selective"`` and ``flash_attention`` drop
     the s^2 tensors (softmax output, its dropout mask and output); ``recompute="full"`` keeps
     only each layer's input.
+
+    The chapter "Beyond the dense transformer" adds the tensors of its architectures, named as
+    the reference model keeps them: q/k norms' inputs (``q_norm_input``, ``k_norm_input``);
+    MLA's latents (``q_a_norm_input``/``_output`` with a query latent, ``kv_a_norm_input``/
+    ``_output``) beside its up-projected ``q``, ``k``, ``v`` (``d_attn``, ``d_kv``, ``d_v``
+    wide); the post-norms' inputs (``post_attn_norm_input``, ``post_ffn_norm_input``); GeGLU's
+    ``ffn_gate``, ``ffn_up``, ``ffn_act`` (as SwiGLU); and in an MoE layer, instead of the
+    dense FFN's tensors, ``router_weights`` (top_k per token), the routed experts' inner
+    tensors (``expert_gate``, ``expert_up``, ``expert_act`` or ``expert_preact``,
+    ``expert_act``: top_k*d_ff_expert per token), ``expert_output`` (top_k*d_model per token,
+    for the routing weights' gradient) and the shared experts' (``shared_*``,
+    n_shared*d_ff_expert per token). The experts' inputs are not kept (they are rows of
+    ``norm2_output``), nor the routing choices (integers, a few per token, left out with the
+    norm statistics). A local (windowed) layer keeps the same tensors as a global one
+    (``attention_probs`` is the full masked s x s matrix, as the reference keeps it).
 
     Args:
         m (Transformer | str): The model: a :class:`Transformer` or a registry name.
@@ -239,6 +286,10 @@ def activation_breakdown(m, batch, seq_len, *, recompute="none", tensor_parallel
             Default True.
         bytes_per_value (float | array-like): Bytes per activation value (2 for 16-bit, 4 for
             fp32), > 0; numbers only. Default 2.
+        layer (int | None): Which layer, counting from 1 (as :func:`~flopsbook.layer_flops`),
+            for stacks whose layers differ (dense and MoE FFNs). None (the default) is the
+            average layer: each tensor's bytes over the stack divided by ``n_layers`` (a
+            uniform stack's every layer).
 
     Returns:
         dict[str, float | numpy.ndarray]: Bytes of one layer on one device, by tensor name; each
@@ -246,13 +297,24 @@ def activation_breakdown(m, batch, seq_len, *, recompute="none", tensor_parallel
 
     Raises:
         ValueError: If ``m`` is not a model, a count is not a positive whole number,
-            ``recompute`` is not one of its values or a switch is not True or False; the
-            message names the argument.
+            ``recompute`` is not one of its values, a switch is not True or False, or ``layer``
+            is not a layer of ``m`` (1 to n_layers); the message names the argument.
     """
-    terms, bases = _activation_terms(m, batch, seq_len, recompute, tensor_parallel,
+    m = as_spec(m)
+    kinds, bases = _activation_terms(m, batch, seq_len, recompute, tensor_parallel,
                                      sequence_parallel, flash_attention, dropout,
                                      bytes_per_value)
-    return {name: result(width * bases[base]) for name, width, base in terms}
+    if layer is not None:
+        moe = m.layer_is_moe(layer)
+        kinds = {k: (1, terms) for k, (_, terms) in kinds.items() if k == moe}
+        n = 1
+    else:
+        n = m.n_layers
+    widths = {}  # name -> (width summed over the layers that keep it, base)
+    for count, terms in kinds.values():
+        for name, width, base in terms:
+            widths[name] = (widths.get(name, (0, base))[0] + count * width, base)
+    return {name: result(width * bases[base] / n) for name, (width, base) in widths.items()}
 
 
 @formula
@@ -262,7 +324,8 @@ def activation_memory(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
     """Bytes of activations the layers keep for the backward pass, per device, all layers.
 
     Derived in the chapter "Memory budgets for training": ``m.n_layers`` times the sum of
-    ``activation_breakdown`` (see it for the tensors and what is assumed). Under Korthikanti et
+    ``activation_breakdown`` (see it for the tensors and what is assumed; a stack of dense and
+    MoE layers adds each layer's own tensors). Under Korthikanti et
     al. (2022)'s assumptions (MHA, GELU, d_ff = 4h, 2-byte activations, 1-byte dropout masks)
     one layer holds, in bytes:
 
@@ -305,13 +368,14 @@ def activation_memory(m, batch, seq_len, *, recompute="none", tensor_parallel=1,
             message names the argument.
     """
     m = as_spec(m)
-    terms, bases = _activation_terms(m, batch, seq_len, recompute, tensor_parallel,
+    kinds, bases = _activation_terms(m, batch, seq_len, recompute, tensor_parallel,
                                      sequence_parallel, flash_attention, dropout,
                                      bytes_per_value)
     widths = dict.fromkeys(bases, 0)
-    for _, width, base in terms:       # add widths first: one multiply per base array
-        widths[base] += width
-    return result(m.n_layers * sum(widths[k] * bases[k] for k in bases))
+    for count, terms in kinds.values():  # add widths first: one multiply per base array
+        for _, width, base in terms:
+            widths[base] += count * width
+    return result(sum(widths[k] * bases[k] for k in bases))
 
 
 # --- Will it fit? -------------------------------------------------------------------------

@@ -227,6 +227,65 @@ def test_reference_saved_tensors_exactly(m, recompute):
     assert stats == (0 if recompute else m.n_layers * 2 * per_norm * b * s * 8)
 
 
+NEW_ARCHITECTURE_SPECS = [
+    Transformer(n_layers=3, d_model=16, n_heads=4, n_kv_heads=2, vocab_size=29, seq_len=8,
+                n_experts=4, top_k=2, n_shared_experts=1, d_ff_expert=6, n_dense_layers=1,
+                d_ff=20, ffn="swiglu", norm="rmsnorm", positional="rope", window=3,
+                global_every=2, attention_sinks=True, name="moe-windows-sinks"),
+    Transformer(n_layers=2, d_model=16, n_heads=2, d_head=6, kv_lora_rank=8, q_lora_rank=10,
+                qk_rope_dim=4, v_head_dim=5, n_experts=3, top_k=1, d_ff_expert=7, ffn="gelu",
+                bias=False, vocab_size=29, seq_len=8, positional="rope", name="mla-moe-gelu"),
+    Transformer(n_layers=2, d_model=12, n_heads=2, n_kv_heads=1, d_head=8, ffn="geglu", d_ff=18,
+                norm="rmsnorm", bias=False, qk_norm=True, post_norms=True, window=4,
+                vocab_size=29, seq_len=8, positional="rope", name="gemma-like"),
+]
+
+
+@pytest.mark.parametrize("m", NEW_ARCHITECTURE_SPECS, ids=lambda m: m.name)
+@pytest.mark.parametrize("recompute", [False, True])
+def test_reference_saved_tensors_of_the_new_architectures(m, recompute):
+    b, s = 2, 8
+    ref = ReferenceTransformer(m, seed=1)
+    tokens = np.random.default_rng(1).integers(0, m.vocab_size, (b, s + 1))
+    with fb.count_flops() as c:
+        ref.forward(tokens[:, :-1], tokens[:, 1:], recompute=recompute)
+    kw = dict(dropout=False, bytes_per_value=8, recompute="full" if recompute else "none")
+    for layer in range(m.n_layers):  # each layer its own kind (dense or MoE FFN)
+        assert c.saved_by_name(layer, stats=False) == activation_breakdown(m, b, s, **kw,
+                                                                           layer=layer + 1)
+    layers = sum(c.saved_total(i, stats=False) for i in range(m.n_layers))
+    assert layers == fb.activation_memory(m, b, s, **kw)
+    average = activation_breakdown(m, b, s, **kw)
+    assert sum(average.values()) * m.n_layers == pytest.approx(layers, rel=1e-12)
+
+
+def test_moe_layer_tensors_by_hand():
+    m = NEW_ARCHITECTURE_SPECS[0]  # h=16, 4 heads of 4, 2 kv heads, top 2 of 4, 1 shared, f=6
+    b, s, h, k, f = 2, 8, 16, 2, 6
+    N = b * s
+    moe = activation_breakdown(m, b, s, dropout=False, bytes_per_value=1, layer=2)
+    dense = activation_breakdown(m, b, s, dropout=False, bytes_per_value=1, layer=1)
+    assert {n: moe[n] for n in moe if n not in dense} == {
+        "router_weights": N * k, "expert_gate": N * k * f, "expert_up": N * k * f,
+        "expert_act": N * k * f, "expert_output": N * k * h, "shared_gate": N * f,
+        "shared_up": N * f, "shared_act": N * f}
+    assert {n for n in dense if n not in moe} == {"ffn_gate", "ffn_up", "ffn_act"}
+    assert dense["ffn_gate"] == N * 20
+    # Windows keep the full masked probabilities: layer 2 (global) and 1 (local) alike.
+    assert moe["attention_probs"] == dense["attention_probs"] == b * 4 * s * s
+
+
+def test_mla_tensors_by_hand():
+    m = NEW_ARCHITECTURE_SPECS[1]  # h=16, 2 heads, dh=6, rq=10, r=8, dr=4, dv=5
+    b, s = 1, 8
+    parts = activation_breakdown(m, b, s, dropout=False, bytes_per_value=1, layer=1)
+    assert {n: parts[n] for n in ("q_a_norm_input", "q_a_norm_output", "kv_a_norm_input",
+                                  "kv_a_norm_output", "q", "k", "v", "attention_output")} == {
+        "q_a_norm_input": s * 10, "q_a_norm_output": s * 10, "kv_a_norm_input": s * 8,
+        "kv_a_norm_output": s * 8, "q": s * 2 * (6 + 4), "k": s * 2 * (6 + 4), "v": s * 2 * 5,
+        "attention_output": s * 2 * 5}
+
+
 # --- memory_budget: will it fit? -------------------------------------------------------------
 
 A100 = fb.hardware("a100-80gb")

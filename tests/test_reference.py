@@ -124,17 +124,38 @@ def test_loss_is_mean_cross_entropy_of_the_logits():
 # --------------------------------------------------------------------------------------------
 
 def _scaled_down(m):
-    """A registry model shrunk to a few thousand parameters, keeping its features."""
-    n_kv = 4 if m.n_kv_heads == m.n_heads else (1 if m.n_kv_heads == 1 else 2)
-    d_head = None if m.d_head == m.d_model // m.n_heads else 6
-    return dataclasses.replace(m, n_layers=2, d_model=16, n_heads=4, n_kv_heads=n_kv,
-                               d_head=d_head, d_ff=24, vocab_size=37, seq_len=8)
+    """A registry model shrunk to a few thousand parameters, keeping its features: MoE (with
+    its shared experts and dense first layers), MLA (with or without a query latent), local
+    and global layers, and every switch of the spec, unchanged."""
+    kw = dict(n_layers=2, d_model=16, n_heads=4, d_ff=24, vocab_size=37, seq_len=8)
+    if m.is_mla:
+        kw.update(n_kv_heads=4, d_head=6, kv_lora_rank=8, qk_rope_dim=4, v_head_dim=5,
+                  q_lora_rank=None if m.q_lora_rank is None else 10)
+    else:
+        kw.update(n_kv_heads=4 if m.n_kv_heads == m.n_heads else (1 if m.n_kv_heads == 1 else 2),
+                  d_head=None if m.d_head == m.d_model // m.n_heads else 6)
+    if m.is_moe:  # layer 1 dense when the model has dense first layers, layer 2 an MoE
+        kw.update(n_experts=4, top_k=min(m.top_k, 2), n_shared_experts=min(m.n_shared_experts, 1),
+                  d_ff_expert=10, n_dense_layers=min(m.n_dense_layers, 1))
+    if m.window is not None:  # layer 1 local, layer 2 global when the model has both
+        kw.update(window=3, global_every=None if m.global_every is None else 2)
+    return dataclasses.replace(m, **kw)
 
 
 REGISTRY_SMALL = [_scaled_down(fb.model(n)) for n in fb.models()
-                  if fb.model(n).positional != "relative"
-                  and not (fb.model(n).is_moe or fb.model(n).is_mla or fb.model(n).window
-                           or fb.model(n).post_norms or fb.model(n).ffn == "geglu")]
+                  if fb.model(n).positional != "relative"]
+
+
+def test_registry_small_keeps_every_feature():
+    # The scaled-down registry exercises each architecture the spec describes.
+    assert any(m.is_moe and m.n_shared_experts and m.n_dense_layers for m in REGISTRY_SMALL)
+    assert any(m.is_mla and m.q_lora_rank for m in REGISTRY_SMALL)
+    assert any(m.is_mla and m.q_lora_rank is None for m in REGISTRY_SMALL)
+    assert any(m.window and m.global_every for m in REGISTRY_SMALL)
+    assert any(m.window and not m.global_every for m in REGISTRY_SMALL)
+    for switch in ("router_bias", "qk_norm", "post_norms", "attention_sinks"):
+        assert any(getattr(m, switch) for m in REGISTRY_SMALL), switch
+    assert {m.ffn for m in REGISTRY_SMALL} == {"gelu", "swiglu", "geglu"}
 
 
 @pytest.mark.parametrize("m", list(CONFIGS.values()) + REGISTRY_SMALL, ids=lambda m: m.name)
@@ -459,8 +480,8 @@ def test_bad_inputs():
 
 
 def test_reference_imports_no_formula_module():
-    allowed = {"numpy", "math", "collections", "contextlib", "importlib", "__future__", "spec",
-               "counter"}
+    allowed = {"numpy", "math", "numbers", "typing", "collections", "contextlib", "importlib",
+               "__future__", "spec", "counter"}
     for path in REFERENCE_DIR.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):

@@ -22,13 +22,16 @@ def small_configs(draw):
         d_model=draw(st.integers(2, 16)),
         n_heads=n_heads, n_kv_heads=n_kv_heads, d_head=d_head,
         d_ff=draw(st.integers(1, 24)),
-        ffn=draw(st.sampled_from(["gelu", "swiglu"])),
+        ffn=draw(st.sampled_from(["gelu", "swiglu", "geglu"])),
         vocab_size=draw(st.integers(2, 20)),
         seq_len=draw(st.integers(1, 12)),
         tied_embeddings=draw(st.booleans()),
         positional=draw(st.sampled_from(["learned", "rope", "none"])),
         norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
         bias=draw(st.booleans()),
+        qk_norm=draw(st.booleans()),
+        post_norms=draw(st.booleans()),
+        attention_sinks=draw(st.booleans()),
     )
     context = draw(st.integers(1, spec.seq_len))
     batch = draw(st.integers(1, 2))
@@ -65,6 +68,8 @@ def test_layer_flops_equals_the_counted_forward_by_component(config, causal):
     layer = fb.layer_flops(spec, context, batch, causal=causal)
     for component in ("qkv", "scores", "weighted_values", "out_proj", "ffn"):
         assert counted[component] == spec.n_layers * layer[component], component
+    assert "router" not in counted and layer["router"] == 0  # dense: no router
+    # MoE, MLA and windows: tests/test_reference_architectures.py, layer by layer.
     assert counted["logits"] == 2 * batch * context * spec.d_model * spec.vocab_size
 
 

@@ -9,10 +9,10 @@ component and pass), other work and saved tensors; ``model`` is a transformer bu
 from importlib import import_module
 
 from .counter import (COMPONENTS, ELEMENTWISE_FLOPS, PASSES, FlopCounter, count_flops,
-                      current_counters, elementwise, matmul, save_for_backward)
+                      current_counters, elementwise, in_layer, matmul, save_for_backward)
 
 __all__ = ["COMPONENTS", "ELEMENTWISE_FLOPS", "PASSES", "FlopCounter", "ReferenceTransformer",
-           "causal_mask", "count_flops", "current_counters", "elementwise", "matmul",
+           "causal_mask", "count_flops", "current_counters", "elementwise", "in_layer", "matmul",
            "save_for_backward"]
 
 _FROM_MODEL = {"ReferenceTransformer", "causal_mask"}

@@ -29,13 +29,20 @@ numpy always computes the full masked matrix; only the *count* depends on the co
   ``q`` new queries at the end of ``k`` keys).
 
 **Other work** (``c.other``, ``c.other_total()``), not part of ``total()``: softmax, norms,
-activations, residual adds, rotary embeddings, biases, embeddings and the loss, recorded by kind
+activations, residual adds, rotary embeddings, biases, embeddings, the loss and a mixture of
+experts' routing softmax and weighted sum, recorded by kind
 with the per-element FLOPs of ``ELEMENTWISE_FLOPS`` (a convention, stated there). Passes are
 ``"forward"``, ``"backward"`` and ``"recompute"``.
 
 **Saved tensors** (``c.saved_bytes``, ``c.saved_total()``, ``c.saved_by_name()``,
 ``c.saved_by_layer()``): every tensor a training forward pass keeps for the backward pass, by
 (layer, name), with its size in bytes.
+
+**By layer** (``c.by_component(pass_, layer=i)``, ``c.total(pass_, layer=i)``): every product
+made inside ``with in_layer(i):`` is also recorded under that layer: the reference model's
+layer index ``i`` counts from 0 (as ``saved_by_layer`` does; the spec's ``layer_window`` and
+``layer_is_moe`` count from 1, so layer ``i`` here is the spec's layer ``i + 1``), and the
+logits are under ``"head"``. Products made outside any ``in_layer`` are under None.
 
 Counters nest: a product is recorded by every counter that is open, each with its own causal
 setting.
@@ -62,6 +69,8 @@ ELEMENTWISE_FLOPS = {
     # per attention score (one query-key pair of one head of one sequence).
     # fwd: scale by 1/sqrt(d_head), subtract the row max, exp, row sum, divide.
     # bwd: dA*A, row sum, subtract, times A, scale.
+    # An attention sink adds per-row work only (its exp, the add to the row sum, its gradient):
+    # left out, like the other per-token work.
     "softmax": (5, 5),
     # per element of the normalised (tokens x d_model) tensor; the bias add is under "bias".
     # fwd: mean (sum), subtract mean, square, variance (sum), times rstd, times gain.
@@ -83,6 +92,19 @@ ELEMENTWISE_FLOPS = {
     # bwd: recompute sigmoid (3), silu = g*sigmoid, du = dh*silu, silu' = s*(1 + g*(1 - s)) (4),
     #      dg = dh*u*silu' (2).
     "swiglu": (4, 11),
+    # per element of the (tokens x d_ff) gate: gelu(g) * u, GELU's tanh approximation.
+    # fwd: gelu(g) as "gelu" (9), times u.
+    # bwd: recompute tanh (6), 0.5*(1 + t) (2), gelu(g) = g*that (1), du = dh*gelu(g) (1), the
+    #      derivative of the tanh branch (8), add (gelu'(g)), dh*u, times gelu'(g).
+    "geglu": (10, 21),
+    # per routing weight (one of a token's top_k router logits): softmax over the top_k.
+    # fwd: subtract the max, exp, row sum, divide (choosing the top_k compares: 0).
+    # bwd: dw*w, row sum, subtract, times w.
+    "router_softmax": (4, 4),
+    # per element of the (tokens*top_k x d_model) routed experts' outputs. fwd: times the
+    # routing weight, add into the token's sum. bwd: dy*w (the expert's output gradient) and
+    # the routing weight's gradient sum(dy*y) (multiply, sum).
+    "moe_combine": (2, 3),
     # per rotated element of q and k: x*cos + rotate(x)*sin. bwd: the inverse rotation.
     "rope": (3, 3),
     # per element of the residual stream. fwd: the add; bwd: the two paths' gradients summed.
@@ -97,6 +119,7 @@ ELEMENTWISE_FLOPS = {
 
 _QUERIES = (None, "backward") + PASSES  # what total() and by_component() accept
 _ACTIVE: list["FlopCounter"] = []
+_LAYER: list = [None]  # the layer that products are made in (see in_layer)
 
 
 def _check_pass(pass_: str, allowed) -> None:
@@ -126,6 +149,8 @@ class FlopCounter:
     Attributes:
         causal (bool): Whether attention products count only the unmasked pairs.
         matmul (dict[tuple[str, str], int]): Matmul FLOPs by (pass, component).
+        matmul_by_layer (dict[tuple[object, str, str], int]): Matmul FLOPs by (layer, pass,
+            component); layer as in :func:`in_layer` (None outside every layer).
         other (dict[str, int]): Non-matmul FLOPs by kind (softmax, layernorm, ...), all passes.
         other_by_pass (dict[tuple[str, str], int]): Non-matmul FLOPs by (pass, kind).
         saved_bytes (dict[tuple[object, str], int]): Bytes kept for the backward pass, by
@@ -141,17 +166,26 @@ class FlopCounter:
             raise ValueError(f"causal must be True or False, got {causal!r}")
         self.causal = causal
         self.matmul = defaultdict(int)         # (pass, component) -> FLOPs
+        self.matmul_by_layer = defaultdict(int)  # (layer, pass, component) -> FLOPs
         self.other = defaultdict(int)          # kind (softmax, layernorm, ...) -> FLOPs, all passes
         self.other_by_pass = defaultdict(int)  # (pass, kind) -> FLOPs
         self.saved_bytes = defaultdict(int)    # (layer, name) -> bytes kept for the backward pass
         self.stat_names: set[str] = set()      # saved names that are per-token statistics
 
     # -- matrix products ---------------------------------------------------------------------
-    def add(self, flops: int, component: str, pass_: str = "forward") -> None:
+    def add(self, flops: int, component: str, pass_: str = "forward", layer=None) -> None:
         _check_pass(pass_, PASSES)
         self.matmul[(pass_, component)] += int(flops)
+        self.matmul_by_layer[(layer, pass_, component)] += int(flops)
 
-    def total(self, pass_: str | None = None, component: str | None = None) -> int:
+    def _records(self, layer):
+        """(pass, component, FLOPs) of every layer (layer None) or of one layer."""
+        if layer is None:
+            return ((p, c, v) for (p, c), v in self.matmul.items())
+        return ((p, c, v) for (where, p, c), v in self.matmul_by_layer.items() if where == layer)
+
+    def total(self, pass_: str | None = None, component: str | None = None, *,
+              layer=None) -> int:
         r"""Matmul FLOPs: all passes (None), one pass, or "backward" (both backward passes).
 
         Args:
@@ -160,6 +194,10 @@ class FlopCounter:
             component (str | None): Only this component (e.g. ``"ffn"``); None (the default) is
                 all.
 
+        Keyword Args:
+            layer (int | str | None): Only the products of this layer (0-based, or ``"head"``;
+                see :func:`in_layer`); None (the default) is every product.
+
         Returns:
             int: FLOPs (exact).
 
@@ -167,15 +205,19 @@ class FlopCounter:
             ValueError: If ``pass_`` is not one of its values.
         """
         _check_pass(pass_, _QUERIES)
-        return sum(v for (p, c), v in self.matmul.items()
+        return sum(v for p, c, v in self._records(layer)
                    if _in_pass(p, pass_) and (component is None or c == component))
 
-    def by_component(self, pass_: str | None = None) -> dict[str, int]:
+    def by_component(self, pass_: str | None = None, *, layer=None) -> dict[str, int]:
         r"""Matmul FLOPs by component, for the passes selected as in :meth:`total`.
 
         Args:
             pass\_ (str | None): None (all passes, the default), one pass, or ``"backward"`` (both
                 backward passes, never recomputation).
+
+        Keyword Args:
+            layer (int | str | None): Only the products of this layer (0-based, or ``"head"``;
+                see :func:`in_layer`); None (the default) is every product.
 
         Returns:
             dict[str, int]: FLOPs by component.
@@ -185,7 +227,7 @@ class FlopCounter:
         """
         _check_pass(pass_, _QUERIES)
         out = defaultdict(int)
-        for (p, c), v in self.matmul.items():
+        for p, c, v in self._records(layer):
             if _in_pass(p, pass_):
                 out[c] += v
         return dict(out)
@@ -333,6 +375,18 @@ def current_counters() -> tuple[FlopCounter, ...]:
     return tuple(_ACTIVE)
 
 
+@contextmanager
+def in_layer(layer):
+    """Record the products made inside the ``with`` block under ``layer`` too (an int layer
+    index from 0, or a part such as ``"head"``), for ``by_component(..., layer=)``."""
+    previous = _LAYER[0]
+    _LAYER[0] = layer
+    try:
+        yield
+    finally:
+        _LAYER[0] = previous
+
+
 def _masked_count(full: int, mask: np.ndarray | None) -> int:
     """``full`` scaled to the unmasked fraction of ``mask``, exactly (integers)."""
     if mask is None:
@@ -363,7 +417,7 @@ def matmul(a: np.ndarray, b: np.ndarray, *, component: str = "other",
                              f"m={m}, k={k}, n={n}")
         masked = _masked_count(full, mask)
     for counter in _ACTIVE:
-        counter.add(masked if counter.causal else full, component, pass_)
+        counter.add(masked if counter.causal else full, component, pass_, _LAYER[0])
     return out
 
 

@@ -2,10 +2,17 @@
 
 import math
 
-from .. import inference, registry, units
+from .. import inference, registry, spec, units
 
 # Bytes per stored value for the precisions the calculator offers (quantisation scales left out).
 PRECISIONS = {"fp32": 4.0, "bf16/fp16": 2.0, "int8/fp8": 1.0, "int4": 0.5}
+
+
+def _experts_read(m, batch) -> str:
+    if not m.is_moe:
+        return ""
+    hit = float(inference.expected_experts(m.n_experts, m.top_k, batch))
+    return f" (about {hit:,.1f} of {m.n_experts} experts per layer, uniform routing)"
 
 
 def inference_report(model: str = "llama3-8b", device: str = "h100-sxm", batch: int = 1,
@@ -22,7 +29,8 @@ def inference_report(model: str = "llama3-8b", device: str = "h100-sxm", batch: 
     kw = dict(bytes_per_param=w, kv_bytes_per_value=kv, n_devices=n_devices)
     step = inference.decode_step_time(m, hw, batch, context, **kw)
     cache_bytes = inference.kv_cache_bytes(m, batch, context, kv)
-    weight_bytes = step.bytes - cache_bytes
+    # Every expert of a mixture must be held, though a step reads only those its tokens hit.
+    weight_bytes = spec.param_count(m) * w
     need, have = weight_bytes + cache_bytes, n_devices * hw.memory_bytes
     head = [f"{m.name} on {n_devices:,} x {hw.name}: batch {batch:,}, context {context:,} tokens",
             f"weights {units.format_bytes(weight_bytes)} + KV cache "
@@ -39,7 +47,7 @@ def inference_report(model: str = "llama3-8b", device: str = "h100-sxm", batch: 
     return "\n".join(head + [
         f"fits (room for {room:,.0f} sequences of this context)",
         f"one decode step: {units.format_flops(step.flops)}, {units.format_bytes(step.bytes)} "
-        f"read, intensity {step.intensity:,.1f} FLOPs/byte "
+        f"read{_experts_read(m, batch)}, intensity {step.intensity:,.1f} FLOPs/byte "
         f"(the device's balance: {hw.balance:,.0f})",
         f"compute {units.format_duration(step.compute_time)}, memory "
         f"{units.format_duration(step.memory_time)}: {step.bound}-bound",
