@@ -458,6 +458,21 @@ def _buffers(value, others):
     return np.where(b < 1, b * others, b)
 
 
+def _largest_layer_params(m) -> int:
+    """Matmul weights of the largest layer: the one ZeRO-3 gathers at its peak. An MoE layer
+    holds its router and every expert (plain ZeRO-3 gathers them all; expert parallelism, which
+    avoids it, is a later chapter's)."""
+    from .spec import _attention_params, ffn_params
+
+    attention = _attention_params(m)
+    dense = ffn_params(m, m.d_ff) if m.n_moe_layers < m.n_layers else 0
+    moe = 0
+    if m.is_moe:
+        moe = m.d_model * m.n_experts + (m.n_experts if m.router_bias else 0) \
+            + (m.n_experts + m.n_shared_experts) * ffn_params(m, m.d_ff_expert)
+    return attention + max(dense, moe)
+
+
 @formula
 def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimizer="adamw",
                   grad_dtype=None, zero_stage=0, n_devices=1, tensor_parallel=1,
@@ -559,11 +574,8 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
         # Stage 3 keeps 1/dp of every layer; computing a layer needs all of it, so the other
         # (dp - 1)/dp of one layer's working weights (its share of the tensor-parallel split)
         # are gathered and held while that layer runs forward or backward.
-        from .spec import param_breakdown
-
-        per_layer = param_breakdown(m)
-        layer_params = (per_layer["attention"] + per_layer["ffn"]) / m.n_layers
         dp = devices / tp
+        layer_params = _largest_layer_params(m)
         gathered = layer_params / tp * PRECISIONS[precision][0] * (1 - 1 / dp)
     parts = dict(weights=states.weights, gathered_weights=gathered,
                  master_weights=states.master_weights,

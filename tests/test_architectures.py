@@ -302,3 +302,18 @@ def test_linear_attention_by_hand_and_against_softmax():
         fb.linear_attention_flops("deepseek-v3", 16)
     with pytest.raises(ValueError, match="batch"):
         fb.linear_attention_state_bytes(m, 0)
+
+
+def test_zero3_gathers_a_whole_moe_layer_with_every_expert():
+    # Plain ZeRO-3 over 64 devices: the other 63/64 of the largest layer, bf16 weights.
+    attention = 2 * 4096 * 4096 + 2 * 4096 * 1024
+    moe_layer = attention + 4096 * 8 + 8 * 3 * 4096 * 14336
+    got = fb.memory_budget("mixtral-8x7b", 1, 4096, zero_stage=3, n_devices=64).gathered_weights
+    assert got == moe_layer * 2 * 63 / 64
+    # DeepSeek-V3: its MoE layers (256 + 1 experts) are larger than its three dense ones.
+    v3 = fb.model("deepseek-v3")
+    dense = fb.memory_budget(dataclasses.replace(v3, n_experts=1, top_k=None, n_shared_experts=0,
+                                                 n_dense_layers=0, d_ff_expert=None),
+                             1, 4096, zero_stage=3, n_devices=64).gathered_weights
+    moe = fb.memory_budget(v3, 1, 4096, zero_stage=3, n_devices=64).gathered_weights
+    assert moe - dense == (7168 * 256 + 257 * 3 * 7168 * 2048 - 3 * 7168 * 18432) * 2 * 63 / 64
