@@ -64,6 +64,12 @@ def formula_cases():
         "generation_flops": lambda: fb.generation_flops(spec, context, batch, kv_cache=False),
         "decode_step_time": lambda: fb.decode_step_time(spec, "h100-sxm", batch, context),
         "critical_batch": lambda: fb.critical_batch(spec, "h100-sxm", context),
+        "decode_step_time (mixtral-8x7b)": lambda: fb.decode_step_time("mixtral-8x7b", "h200",
+                                                                       batch, context),
+        "expected_experts": lambda: fb.expected_experts(256, 8, batch),
+        # A root solve for a mixture of experts: the issue allows up to 1 s.
+        "critical_batch (MoE, <= 1 s)": lambda: fb.critical_batch("mixtral-8x7b", "h200",
+                                                                  context),
         "max_batch": lambda: fb.max_batch(spec, "h100-sxm", context, n_devices=batch),
         "chinchilla_loss": lambda: fb.chinchilla_loss(params, tokens),
         "chinchilla_optimal": lambda: fb.chinchilla_optimal(flops, "besiroglu2024"),
@@ -118,8 +124,10 @@ def main() -> None:
     print(f"inference_aware_optimal (exempt): {t * 1e3:.1f} ms for 10^4 configurations")
     for name, fn in formula_cases().items():
         t = best_of(fn)
-        flag = "ok" if t <= 0.1 else "SLOW"
-        print(f"{name:>30}: {t * 1e3:7.1f} ms for 10^6 configurations (target <= 100 ms) {flag}")
+        target = 1.0 if "<= 1 s" in name else 0.1
+        flag = "ok" if t <= target else "SLOW"
+        print(f"{name:>30}: {t * 1e3:7.1f} ms for 10^6 configurations (target <= "
+              f"{target * 1e3:.0f} ms) {flag}")
 
 
 if __name__ == "__main__":
