@@ -13,7 +13,7 @@ cache of at most ``window`` tokens, so a decode step's token there attends to
 experts for every token (dropless); MLA caches its latent and shared rotary key
 (``kv_cache_width`` values per token and layer), runs a full pass over a prompt in the naive
 form (every projection of the layer, heads of width ``d_qk`` and ``v_head_dim``) and every
-one-token decode step in the absorbed form (see :func:`generation_flops`).
+one-token decode step in the absorbed form (see :func:`~flopsbook.generation_flops`).
 """
 
 from __future__ import annotations
@@ -289,7 +289,7 @@ class DecodeStep:
             ``"memory"``.
         flops (float | numpy.ndarray): Matmul FLOPs of the step (all sequences of the batch).
         bytes (float | numpy.ndarray): Bytes read: the weights the step uses (for a mixture of
-            experts the expected experts hit, :func:`expected_experts`) plus the KV cache.
+            experts the expected experts hit, :func:`~flopsbook.expected_experts`) plus the KV cache.
         tokens_per_second (float | numpy.ndarray): Tokens generated per second:
             ``batch / time``.
     """
@@ -354,7 +354,7 @@ _EXPERT_TRAFFIC = """A mixture of experts reads, per step, every weight but the 
     random, tokens independent). For any router that routes the tokens of a batch
     independently, that is an upper bound on the expected traffic, reached by a balanced
     router (one that sends a token to each expert with the same probability top_k/n_experts):
-    a skewed router hits fewer experts and reads less (see :func:`expected_experts`). At
+    a skewed router hits fewer experts and reads less (see :func:`~flopsbook.expected_experts`). At
     ``batch=1`` it is exactly the ``top_k`` experts: ``param_count(m, active=True)`` weights in
     all. Every expert must still be held in memory (:func:`max_batch`)."""
 
@@ -370,7 +370,7 @@ def decode_step_time(m, hardware, batch, context, *, bytes_per_param=2, kv_bytes
 
     FLOPs: per sequence, the layers' one-token projections and FFNs (an MoE layer's router,
     ``top_k`` routed and shared experts; MLA in its absorbed form), the attended (query, key)
-    pairs of every layer and the logits of one position (as :func:`generation_flops` counts a
+    pairs of every layer and the logits of one position (as :func:`~flopsbook.generation_flops` counts a
     step). Bytes: the weights the step uses read once, shared by the batch (a dense model: all
     ``param_count(m)`` of them, times ``bytes_per_param``; for untied embeddings this
     overcounts the input table, of which only ``batch`` rows are read) plus the whole KV cache
@@ -473,7 +473,7 @@ def critical_batch(m, hardware, context, *, bytes_per_param=2, kv_bytes_per_valu
 
     For a mixture of experts the weights read grow with the batch (:func:`decode_step_time`):
     W(b) = W_0 + L X E(b), with W_0 the bytes of everything but the routed experts, X those
-    of one expert, L the MoE layers and E(b) = :func:`expected_experts` (uniform routing, E(b)
+    of one expert, L the MoE layers and E(b) = :func:`~flopsbook.expected_experts` (uniform routing, E(b)
     taken at real b). b F / P = (W(b) + b K) / B_w then has no closed form; since E(b) is
     concave, b (B_w F / P - K) - W(b) is convex and negative at 0, so there is exactly one root,
     found by Newton's method (vectorised; to float64 precision, compute and memory time equal

@@ -61,3 +61,37 @@ def test_plain_log_ticks_labels_powers_of_ten_and_plain_numbers():
     assert [fmt_x(v, 0) for v in (0.1, 1, 2, 10, 64, 1000)] == ["0.1", "1", "2", "10", "64", "10³"]
     assert fmt_y(1e19, 0) == "10¹⁹"
     plt.close(fig)
+
+
+def test_architecture_report():
+    # Mixtral 8x7B: 46.7B parameters (46,702,792,704 in the released tensors), 12.9B active with
+    # both embedding tables; batch 1 reads top_k = 2 experts; a 32K cache of 32 layers x 8 KV
+    # heads x 128 x 2 values x 2 bytes x 32,768 tokens = 4 GiB, the same all-global (no window).
+    from flopsbook.viz.architectures import architecture_report
+
+    text = architecture_report("mixtral-8x7b", 1, 32768)
+    assert "46.7B parameters, 12.9B active" in text
+    assert "reads 2.0 of 8 experts" in text
+    assert "4.29 GB (4.29 GB with every layer global)" in text
+    # DeepSeek-V3's MLA caches 512 + 64 values per token and layer: 61 x 576 x 2 bytes = 70,272
+    # bytes per token; 8 experts of 256 are read at batch 1, E(1 - (1 - 8/256)^2) at batch 2.
+    v3 = architecture_report("deepseek-v3", 2, 1)
+    assert "70.3 kB" in v3 and f"reads {256 * (1 - (1 - 8 / 256) ** 2):,.1f} of 256" in v3
+    # Mistral 7B's rolling cache holds 4,096 tokens: 8x less than all-global at 32K.
+    mistral = architecture_report("mistral-7b", 1, 32768)
+    assert "537 MB (4.29 GB with every layer global)" in mistral and "dense FFN" in mistral
+    with pytest.raises(ValueError, match="Closest: mixtral-8x7b"):
+        architecture_report("mixtral-9x7b")
+
+
+def test_architectures_figure_and_calculator(capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = fb.viz.architectures_figure(["mixtral-8x7b", "deepseek-v3"])
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    fb.viz.architectures_calculator()
+    assert "VBox" in capsys.readouterr().out

@@ -150,7 +150,7 @@ class FlopCounter:
         causal (bool): Whether attention products count only the unmasked pairs.
         matmul (dict[tuple[str, str], int]): Matmul FLOPs by (pass, component).
         matmul_by_layer (dict[tuple[object, str, str], int]): Matmul FLOPs by (layer, pass,
-            component); layer as in :func:`in_layer` (None outside every layer).
+            component); layer as in ``in_layer`` (None outside every layer).
         other (dict[str, int]): Non-matmul FLOPs by kind (softmax, layernorm, ...), all passes.
         other_by_pass (dict[tuple[str, str], int]): Non-matmul FLOPs by (pass, kind).
         saved_bytes (dict[tuple[object, str], int]): Bytes kept for the backward pass, by
@@ -196,7 +196,7 @@ class FlopCounter:
 
         Keyword Args:
             layer (int | str | None): Only the products of this layer (0-based, or ``"head"``;
-                see :func:`in_layer`); None (the default) is every product.
+                see ``in_layer``); None (the default) is every product.
 
         Returns:
             int: FLOPs (exact).
@@ -217,7 +217,7 @@ class FlopCounter:
 
         Keyword Args:
             layer (int | str | None): Only the products of this layer (0-based, or ``"head"``;
-                see :func:`in_layer`); None (the default) is every product.
+                see ``in_layer``); None (the default) is every product.
 
         Returns:
             dict[str, int]: FLOPs by component.

@@ -90,7 +90,8 @@ from .attention import attention_explorer  # noqa: E402
 from .inference import inference_calculator  # noqa: E402
 from .scaling import scaling_explorer  # noqa: E402
 from .memory import memory_calculator  # noqa: E402
+from .architectures import architectures_calculator, architectures_figure  # noqa: E402
 
-__all__ = ["attention_explorer", "glue", "inference_calculator", "matmul_calculator",
-           "memory_calculator", "plain_log_ticks", "registry_notes", "scaling_explorer",
-           "setup", "training_calculator"]
+__all__ = ["architectures_calculator", "architectures_figure", "attention_explorer", "glue",
+           "inference_calculator", "matmul_calculator", "memory_calculator", "plain_log_ticks",
+           "registry_notes", "scaling_explorer", "setup", "training_calculator"]
