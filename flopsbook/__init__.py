@@ -1,7 +1,8 @@
 """flopsbook: the formulas of the FLOPs Book, small and tested.
 
 Modules mirror the book's parts: ``spec`` (the model description), ``registry`` (published
-models and accelerators), ``flops``, ``memory``, ``inference``, ``scaling``, ``units``, and
+models and accelerators), ``flops``, ``memory``, ``inference``, ``scaling``, ``communication``,
+``units``, and
 ``reference`` (a counting numpy model that the formulas are checked against).
 ``flopsbook.viz`` (plots and calculators) is imported on first use so that ``import flopsbook``
 stays fast.
@@ -9,6 +10,8 @@ stays fast.
 
 from importlib import import_module
 
+from .communication import (collective_bytes, collective_steps, collective_time,
+                            data_parallel_bytes, dp_overlap_tokens)
 from .flops import (context_flops_ratio, crossover_seq_len, flops_per_token, hfu, layer_flops,
                     linear_attention_flops, linear_attention_state_bytes, matmul_bytes,
                     matmul_flops, mfu, roofline_time, training_flops, training_time)
@@ -28,7 +31,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Hardware", "ScalingFit", "Transformer", "activation_breakdown", "activation_memory",
-    "chinchilla_loss", "chinchilla_optimal", "context_flops_ratio", "count_flops",
+    "chinchilla_loss", "chinchilla_optimal", "collective_bytes", "collective_steps",
+    "collective_time", "context_flops_ratio", "count_flops", "data_parallel_bytes",
+    "dp_overlap_tokens",
     "critical_batch", "crossover_seq_len", "decode_step_time", "expected_experts",
     "flops_per_token",
     "format_bytes", "format_count", "format_duration", "format_flops", "format_rate",

@@ -243,7 +243,8 @@ def formula(fn):
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 return fn(*args, **kwargs)
         except ValueError as err:
-            if "could not be broadcast" not in str(err) and "broadcast" not in str(err):
+            # numpy's own wording only: "broadcast" is also a collective's name.
+            if not ("could not be broadcast" in str(err) or "cannot be broadcast" in str(err)):
                 raise
             try:
                 bound = signature.bind(*args, **kwargs)

@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from ._validate import as_array, shown
+from ._validate import as_array, positive_int, shown
 from .spec import Transformer
 
 GiB = 2**30
@@ -219,6 +219,16 @@ class Hardware:
     tensor-core numbers are often twice these. A peak, the memory and the bandwidth may be given
     as one text quantity each ("989 TFLOP/s", "80GB", "3.35 TB/s"); they are stored as floats.
 
+    The links to other devices (chapter "Collectives and data parallelism") are keyword fields,
+    None where unknown (a formula that needs one then says so): ``intra_node_bandwidth`` is what
+    one device can send per second, in one direction, to the devices of its node (NVLink; a TPU's
+    ICI, where a "node" is the ICI-connected slice), ``inter_node_bandwidth`` what it can send in
+    one direction to devices in other nodes (its share of the node's network cards; a TPU's
+    data-centre network), ``devices_per_node`` how many devices share the fast links, and
+    ``intra_node_latency``/``inter_node_latency`` the time per message of each link (the alpha of
+    the alpha-beta model), in seconds. Bandwidths are bytes/s in ONE direction: datasheets
+    usually print both directions added ("900 GB/s" NVLink on an H100 is 450 GB/s each way).
+
     Attributes:
         name (str): Registry name, e.g. ``"h100-sxm"``.
         peak_flops (Mapping[str, float]): Dense peak FLOP/s by dtype name (a read-only mapping);
@@ -227,6 +237,14 @@ class Hardware:
         bandwidth (float): HBM bandwidth, bytes/s, > 0.
         source (str): Key of ``book/references.bib``.
         notes (str): The variant and caveats; ignored by ``==``.
+        intra_node_bandwidth (float | None): One-direction bytes/s to a device of the same node
+            (NVLink, ICI), > 0, or None (unknown).
+        inter_node_bandwidth (float | None): One-direction bytes/s to a device of another node
+            (this device's share of the node's network), > 0, or None.
+        devices_per_node (int | None): Devices joined by the intra-node links, > 0, or None.
+        intra_node_latency (float | None): Seconds per message inside a node, >= 0, or None.
+        inter_node_latency (float | None): Seconds per message across nodes, >= 0, or None.
+        link_source (str): Keys of ``book/references.bib`` for the link figures.
 
     Raises:
         ValueError: If ``name``, ``source`` or ``notes`` is not a str, ``peak_flops`` is not a
@@ -241,12 +259,28 @@ class Hardware:
     bandwidth: float
     source: str = ""
     notes: str = field(default="", compare=False)
+    intra_node_bandwidth: float | None = field(default=None, kw_only=True)
+    inter_node_bandwidth: float | None = field(default=None, kw_only=True)
+    devices_per_node: int | None = field(default=None, kw_only=True)
+    intra_node_latency: float | None = field(default=None, kw_only=True)
+    inter_node_latency: float | None = field(default=None, kw_only=True)
+    link_source: str = field(default="", kw_only=True)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen
-        for f in ("name", "source", "notes"):
+        for f in ("name", "source", "notes", "link_source"):
             if not isinstance(getattr(self, f), str):
                 raise ValueError(f"Hardware.{f} must be a str, got {getattr(self, f)!r}")
+        for f in ("intra_node_bandwidth", "inter_node_bandwidth"):
+            if getattr(self, f) is not None:
+                set_(self, f, float(as_array(f"Hardware.{f}", getattr(self, f), kind="rate")))
+        for f in ("intra_node_latency", "inter_node_latency"):
+            if getattr(self, f) is not None:
+                set_(self, f, float(as_array(f"Hardware.{f}", getattr(self, f),
+                                             allow_zero=True)))
+        if self.devices_per_node is not None:
+            set_(self, "devices_per_node",
+                 positive_int("Hardware.devices_per_node", self.devices_per_node))
         peaks = self.peak_flops
         if not hasattr(peaks, "items") or not peaks:
             raise ValueError("Hardware.peak_flops must be a non-empty mapping of dtype name to "
@@ -298,9 +332,14 @@ class Hardware:
         return self.peak_16bit / self.bandwidth
 
 
-def _hw(name, memory_bytes, bandwidth, source, notes="", **peaks):
-    return Hardware(name, MappingProxyType(peaks), float(memory_bytes), float(bandwidth),
-                    source, notes)
+_LINK_FIELDS = ("intra_node_bandwidth", "inter_node_bandwidth", "devices_per_node",
+                "intra_node_latency", "inter_node_latency", "link_source")
+
+
+def _hw(name, memory_bytes, bandwidth, source, notes="", **peaks_and_links):
+    links = {k: peaks_and_links.pop(k) for k in _LINK_FIELDS if k in peaks_and_links}
+    return Hardware(name, MappingProxyType(peaks_and_links), float(memory_bytes),
+                    float(bandwidth), source, notes, **links)
 
 
 _HARDWARE = {h.name: h for h in [
