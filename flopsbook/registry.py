@@ -344,26 +344,69 @@ def _hw(name, memory_bytes, bandwidth, source, notes="", **peaks_and_links):
 
 _HARDWARE = {h.name: h for h in [
     _hw("v100", 32 * GiB, 900e9, "nvidia2017v100", fp32=15.7e12, fp16=125e12,
-        notes="SXM2, 32 GB; fp16 is the tensor-core peak; no bf16."),
+        intra_node_bandwidth=150e9, inter_node_bandwidth=6.25e9, devices_per_node=16,
+        intra_node_latency=1.9e-6, inter_node_latency=4.0e-6,
+        link_source="nvidia2017v100 rajbhandari2020zero nvidia2026nccltuning",
+        notes="SXM2, 32 GB; fp16 is the tensor-core peak; no bf16. Links as in the ZeRO paper's "
+              "DGX-2 nodes: 16 GPUs on NVSwitch, six NVLink 2 links of 25 GB/s each way per GPU "
+              "(NVIDIA's '300 GB/s' adds both directions), 800 Gb/s of network per node. "
+              "Latencies: NCCL's cost-model constants per ring step (LL128 protocol)."),
     _hw("a100-40gb", 40 * GiB, 1555e9, "nvidia2020a100",
-        fp32=19.5e12, tf32=156e12, bf16=312e12, fp16=312e12, int8=624e12, notes="SXM4."),
+        fp32=19.5e12, tf32=156e12, bf16=312e12, fp16=312e12, int8=624e12,
+        intra_node_bandwidth=300e9, inter_node_bandwidth=25e9, devices_per_node=8,
+        intra_node_latency=1.9e-6, inter_node_latency=4.0e-6, link_source="nvidia2020a100 narayanan2021efficient nvidia2026nccltuning",
+        notes="SXM4. Twelve NVLink 3 links, 300 GB/s each way ('600 GB/s' both); one 200 Gb/s "
+              "HDR InfiniBand card per GPU (Selene). Latencies: NCCL's cost-model constants per "
+              "ring step (LL128 protocol)."),
     _hw("a100-80gb", 80 * GiB, 2039e9, "nvidia2020a100",
-        fp32=19.5e12, tf32=156e12, bf16=312e12, fp16=312e12, int8=624e12, notes="SXM4."),
+        fp32=19.5e12, tf32=156e12, bf16=312e12, fp16=312e12, int8=624e12,
+        intra_node_bandwidth=300e9, inter_node_bandwidth=25e9, devices_per_node=8,
+        intra_node_latency=1.9e-6, inter_node_latency=4.0e-6, link_source="nvidia2020a100 narayanan2021efficient nvidia2026nccltuning",
+        notes="SXM4, links as the a100-40gb's."),
     _hw("h100-sxm", 80 * GiB, 3.35e12, "nvidia2022h100",
         fp32=66.9e12, tf32=494.7e12, bf16=989.4e12, fp16=989.4e12, fp8=1978.9e12,
-        int8=1978.9e12, notes="SXM5, 80 GB. The datasheet's 1,979 TFLOP/s bf16 is with sparsity."),
+        int8=1978.9e12, intra_node_bandwidth=450e9, inter_node_bandwidth=50e9,
+        devices_per_node=8, intra_node_latency=1.9e-6, inter_node_latency=4.0e-6,
+        link_source="nvidia2022h100 austin2025scaling nvidia2026nccltuning",
+        notes="SXM5, 80 GB. The datasheet's 1,979 TFLOP/s bf16 is with sparsity. Eighteen NVLink 4 "
+              "links, 450 GB/s each way ('900 GB/s' both); one 400 Gb/s NDR card per GPU, so a "
+              "node's egress is 400 GB/s. Latencies: NCCL's cost-model constants per ring step "
+              "(LL128 protocol)."),
     _hw("h200", 143_771 * 2**20, 4.8e12, "nvidia2024h200",
         fp32=66.9e12, tf32=494.7e12, bf16=989.4e12, fp16=989.4e12, fp8=1978.9e12,
-        int8=1978.9e12, notes="SXM. H100 compute with the datasheet's '141 GB' of HBM3e: "
+        int8=1978.9e12, intra_node_bandwidth=450e9, inter_node_bandwidth=50e9,
+        devices_per_node=8, intra_node_latency=1.9e-6, inter_node_latency=4.0e-6,
+        link_source="nvidia2024h200 austin2025scaling nvidia2026nccltuning",
+        notes="SXM. H100 compute and NVLink 4 (the network card per GPU assumed as the DGX "
+              "H100's) with the datasheet's '141 GB' of HBM3e: "
                               "nvidia-smi reports 143,771 MiB (140.4 GiB, 150.8e9 bytes), which "
                               "is the memory used here; the '141' is closer to GiB than to GB."),
     _hw("h800", 80 * GiB, 3.35e12, "nvidia2022h100",
         fp32=66.9e12, tf32=494.7e12, bf16=989.4e12, fp16=989.4e12, fp8=1978.9e12,
         int8=1978.9e12, notes="SXM, 80 GB: the H100 SXM's compute and memory (the peaks of the "
-                              "H100 datasheet) with NVLink cut to 400 GB/s for export; DeepSeek "
-                              "trained V3 on it."),
+                              "H100 datasheet) with NVLink cut for export; DeepSeek trained V3 on "
+                              "it. No vendor datasheet gives the NVLink figure: 160 GB/s is what "
+                              "DeepSeek states and DeepEP measures (secondary sources say 400 GB/s "
+                              "both ways); one 400 Gb/s InfiniBand card (~50 GB/s) per GPU.",
+        intra_node_bandwidth=160e9, inter_node_bandwidth=50e9, devices_per_node=8,
+        intra_node_latency=1.9e-6, inter_node_latency=4.0e-6,
+        link_source="deepseekai2024v3 deepseekai2025deepep nvidia2026nccltuning"),
     _hw("tpu-v4", 32 * GiB, 1200e9, "jouppi2023tpuv4", bf16=275e12, int8=275e12,
-        notes="One chip (two TensorCores)."),
+        intra_node_bandwidth=45e9, devices_per_node=4096, intra_node_latency=1e-6,
+        link_source="austin2025scaling",
+        notes="One chip (two TensorCores). Its 'node' is the ICI-connected slice, up to a "
+              "4,096-chip pod (a 3D torus, six links per chip); the bandwidth is one link in one "
+              "direction (a ring along a wrapped axis sends both ways at once, twice this). The "
+              "data-centre network between slices is not in the sources read (None)."),
+    _hw("tpu-v5p", 95 * GiB, 2765e9, "google2023tpuv5p", bf16=459e12, int8=918e12,
+        intra_node_bandwidth=90e9, inter_node_bandwidth=6.25e9, devices_per_node=8960,
+        intra_node_latency=1e-6, link_source="google2023tpuv5p austin2025scaling",
+        notes="One chip (two TensorCores); 95 GiB as Google's current page states it. Its 'node' "
+              "is the ICI-connected slice, up to an 8,960-chip pod (a 3D torus, six links per "
+              "chip; the largest job is 6,144 chips); the bandwidth is one link in one direction "
+              "(a ring along a wrapped axis sends both ways at once, twice this: the scaling "
+              "book's 1.8e11). Across slices, the data-centre network: 6.25 GB/s per chip. int8 "
+              "is the scaling book's figure; the ICI latency its 'around 1us' per hop."),
 ]}
 
 

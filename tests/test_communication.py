@@ -163,3 +163,42 @@ def test_overlap_threshold_is_peak_over_bandwidth():
 def test_bad_input_names_the_argument(call, word):
     with pytest.raises(ValueError, match=word):
         call()
+
+
+# --- the registry's links -------------------------------------------------------------------
+
+def test_every_link_figure_cites_bib_keys():
+    import re
+    from pathlib import Path
+
+    bib = set(re.findall(r"@\w+\{([^,]+),", (Path(__file__).parents[1] / "book"
+                                            / "references.bib").read_text()))
+    for name in fb.hardwares():
+        h = fb.hardware(name)
+        if h.intra_node_bandwidth is not None:
+            keys = h.link_source.split()
+            assert keys and set(keys) <= bib, name
+
+
+@pytest.mark.parametrize("name, both_ways", [
+    # Datasheets add both directions: V100 "300 GB/s", A100 "600 GB/s", H100 and H200 "900 GB/s".
+    ("v100", 300e9), ("a100-80gb", 600e9), ("h100-sxm", 900e9), ("h200", 900e9),
+    # The scaling book's TPU v5p ICI link: 9e10 one way, 1.8e11 both.
+    ("tpu-v5p", 1.8e11),
+])
+def test_link_bandwidths_are_one_direction(name, both_ways):
+    assert fb.hardware(name).intra_node_bandwidth == both_ways / 2
+
+
+def test_the_scaling_books_per_device_batches():
+    # Austin et al. (2025): TPU v5p "C=4.6e14 and W=2 * 9e10 ... at least 2,550"; H100
+    # "990e12 / 450e9 = 2200" in a node and "990e12 / 400e9 = 2475" across nodes.
+    v5p = fb.hardware("tpu-v5p")
+    assert round(fb.dp_overlap_tokens(v5p, 2 * v5p.intra_node_bandwidth)) == 2550
+    h100 = fb.hardware("h100-sxm")
+    assert round(fb.dp_overlap_tokens(990e12, h100.intra_node_bandwidth)) == 2200
+    assert round(fb.dp_overlap_tokens(990e12, 8 * h100.inter_node_bandwidth)) == 2475
+    # With the registry's 989.4 TFLOP/s and the node's whole egress ("node"):
+    assert fb.dp_overlap_tokens(h100, link="node") == pytest.approx(989.4e12 / 400e9)
+    # One GPU's own card is 8x slower than the node's egress.
+    assert fb.dp_overlap_tokens(h100, link="inter") == 8 * fb.dp_overlap_tokens(h100, link="node")
