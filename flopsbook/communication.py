@@ -37,9 +37,10 @@ def _kind_and_algorithm(kind, algorithm):
 def _sent_fraction(kind, algorithm, n):
     """Bytes each device sends, as a multiple of the full buffer."""
     if algorithm == "tree":
-        # A double binary tree (NCCL's): half the buffer over a heap-ordered binary tree of the
-        # ranks 0..n-1, half over the same tree of the ranks in reverse, so that a rank is an
-        # inner node of at most one. Each half is reduced up (every rank but a root sends it
+        # A double binary tree (NCCL's idea; NCCL's trees.cc builds in-order trees of a slightly
+        # different shape): half the buffer over a heap-ordered binary tree of the ranks 0..n-1,
+        # half over the same tree of the ranks in reverse, so that a rank is an inner node of at
+        # most one. Each half is reduced up (every rank but a root sends it
         # once) and broadcast down (an inner node sends it to each child). The busiest rank,
         # an inner node with two children and a parent in one tree and a leaf in the other,
         # sends (1 + 2 + 1)/2 = 2 buffers once n >= 5; 1.5 for n = 3, 4; 1 for n = 2.
@@ -58,9 +59,10 @@ def collective_bytes(kind, n_bytes, n_devices, *, algorithm="ring"):
     A ring splits the buffer into n chunks and passes them n - 1 times round the ring:
     all-gather, reduce-scatter and all-to-all send (n - 1)/n of the buffer from every device,
     all-reduce (a reduce-scatter then an all-gather) 2(n - 1)/n, and a pipelined broadcast the
-    whole buffer from every device but the last. ``algorithm="tree"`` (all-reduce only: NCCL's
-    double binary tree, half the buffer over a heap-ordered binary tree of the ranks and half
-    over the same tree of the ranks reversed) sends about as much, 2 buffers from the busiest
+    whole buffer from every device but the last. ``algorithm="tree"`` (all-reduce only: a
+    double binary tree as NCCL uses, here heap-ordered: half the buffer over a binary tree of the
+    ranks and half over the same tree of the ranks reversed; NCCL's own in-order trees differ in
+    shape, by a step or half a buffer at some n) sends about as much, 2 buffers from the busiest
     rank once n >= 5 (1.5 for n = 3 or 4, 1 for n = 2), in 2 floor(log2 n) steps instead of
     2(n - 1): a tree changes the latency term, not the bandwidth term. The ZeRO paper's
     "2 Psi" per all-reduce is the ring's large-n limit. Broadcasts over ``n_bytes`` and
@@ -137,7 +139,11 @@ def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=
                     algorithm="ring", hierarchical=False):
     """Seconds of one collective by the alpha-beta model: alpha * steps + bytes sent / beta.
 
-    beta is the one-direction bandwidth of one device, alpha the time per message. Given a
+    beta is the one-direction bandwidth of one device, alpha the time per message. For a ring
+    each step moves one chunk, so this is exact; for the chain broadcast and the tree it is the
+    pipelining limit (the buffer cut into many small pieces that follow each other), a lower
+    bound: unpipelined, every hop pays the whole piece, (n - 1)(alpha + B/beta) for a chain.
+    Given a
     :class:`Hardware` (or its name), a flat collective over at most ``devices_per_node`` devices
     uses the intra-node link and one that spans nodes the inter-node link (a flat ring is as
     fast as its slowest hop). ``hierarchical=True`` spans nodes in three phases (NCCL's and
