@@ -482,7 +482,11 @@ def test_bad_inputs():
 def test_reference_imports_no_formula_module():
     allowed = {"numpy", "math", "numbers", "typing", "collections", "contextlib", "importlib",
                "__future__", "spec", "counter"}
+    # xla.py drives a real compiler (JAX) and uses the standard library to read its output; it
+    # too may import no formula module.
+    engine = allowed | {"os", "re", "time", "dataclasses", "jax", "sharding", "functools"}
     for path in REFERENCE_DIR.glob("*.py"):
+        ok = engine if path.name == "xla.py" else allowed
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -491,4 +495,6 @@ def test_reference_imports_no_formula_module():
             else:
                 continue
             for full in names:
-                assert full.split(".")[-1] in allowed and "flops." not in full, (path.name, full)
+                assert full.split(".")[-1] in ok and "flops." not in full, (path.name, full)
+                assert not full.startswith(("flopsbook.flops", "flopsbook.communication",
+                                            "flopsbook.inference", "flopsbook.memory")), full

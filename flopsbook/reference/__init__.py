@@ -5,7 +5,8 @@ formulas and this independent count against each other. ``counter`` records matm
 component and pass), other work and saved tensors; ``model`` is a transformer built from a
 ``flopsbook.spec.Transformer`` with a hand-written backward pass, counted by it; ``collectives``
 runs collectives and data-parallel training steps over simulated devices, counting every
-message.
+message; ``xla`` (opt-in, it imports JAX) compiles data-parallel and FSDP steps with a real SPMD
+compiler on host CPU devices and reads the collectives it emits.
 """
 
 from importlib import import_module

@@ -1,0 +1,15 @@
+"""Test-suite setup that must run before any test module imports JAX.
+
+XLA fixes the number of host CPU devices once, when JAX first starts a backend, from the
+``XLA_FLAGS`` environment variable: ``tests/test_xla.py`` compiles for 8 of them. pytest imports
+this file before the test modules in every process, each pytest-xdist worker included (a worker
+is a fresh interpreter), so the flag is set here, appended to any flags the user already passes.
+Kernels that nbval starts for the notebooks inherit the environment too.
+"""
+
+import os
+
+_DEVICES = "--xla_force_host_platform_device_count"
+
+if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}=8".strip()

@@ -1,0 +1,275 @@
+"""The communication formulas against a real SPMD compiler: JAX/XLA on 8 host CPU devices.
+
+Each program is compiled once (module fixture); the collectives are read from the optimized HLO
+(``flopsbook.reference.xla``) and their bytes, summed with ``fb.collective_bytes``, are held
+against ``fb.data_parallel_bytes`` for the model's exact parameter count. Where XLA does not do
+what the textbook algorithm does, the test says what it does instead and why the bytes still
+add up (or by how much they do not). ``tests/conftest.py`` sets XLA_FLAGS for 8 devices.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+
+import flopsbook as fb  # noqa: E402
+from flopsbook.reference import xla  # noqa: E402
+
+N = 8                       # devices
+D_MODEL, D_FF, LAYERS = 64, 256, 2
+# 2 layers x (W1 64x256 + W2 256x64 + b1 256 + g 64), counted by hand from the shapes.
+PSI = 2 * (64 * 256 + 256 * 64 + 256 + 64)
+F32 = 4                     # bytes per value: the programs train in float32
+LOSS = 4                    # the f32[] loss, all-reduced so every device returns it
+
+
+def sent(records, kind=None):
+    """Bytes each device sends in the records (of one kind), by the ring formulas."""
+    return sum(fb.collective_bytes(r.kind, r.n_bytes, r.group_size) * r.count
+               for r in records if kind is None or r.kind == kind)
+
+
+def of(records, kind):
+    return [r for r in records if r.kind == kind]
+
+
+@pytest.fixture(scope="module")
+def programs():
+    mesh = xla.mesh(N)
+    params = xla.mlp_params(D_MODEL, D_FF, LAYERS)
+    x, y = xla.example_batch(32, D_MODEL)
+    reference = jax.jit(xla.reference_step)(params, x, y)
+    out = {}
+    for name, step in [("dp", xla.data_parallel_step(mesh)), ("fsdp", xla.fsdp_step(mesh)),
+                       ("zero3", xla.zero3_step(mesh)),
+                       ("zero3_cse", xla.zero3_step(mesh, keep_remat=False))]:
+        compiled = step.lower(params, x, y).compile()
+        out[name] = (xla.compiled_collectives(compiled), compiled(params, x, y))
+    return out, reference
+
+
+def test_the_model_has_the_stated_parameter_count():
+    params = xla.mlp_params(D_MODEL, D_FF, LAYERS)
+    assert sum(a.size for p in params for a in p.values()) == PSI == 66_176
+    assert xla.mlp_param_count(D_MODEL, D_FF, LAYERS) == PSI
+
+
+@pytest.mark.parametrize("name", ["dp", "fsdp", "zero3", "zero3_cse"])
+def test_every_program_takes_the_same_sgd_step(programs, name):
+    # The collectives counted below belong to a correct training step: new parameters and loss
+    # equal one device's step on the whole batch (float32 sums in a different order).
+    out, (ref_params, ref_loss) = programs
+    new_params, loss = out[name][1]
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
+    for got, want in zip(jax.tree.leaves(new_params), jax.tree.leaves(ref_params)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+def test_data_parallelism_all_reduces_the_gradients_once(programs):
+    records = programs[0]["dp"][0]
+    # XLA's CPU all-reduce combiner merges the 8 gradient all-reduces and the loss's into ONE
+    # tuple-shaped all-reduce (the whole model is far under its size threshold).
+    [ar] = records
+    assert ar.kind == "all-reduce" and ar.group_size == N and ar.n_groups == 1
+    assert sorted(ar.operand_shapes) == sorted(
+        [(256,), (64,), (64, 256), (256, 64)] * LAYERS + [()])
+    assert set(ar.operand_dtypes) == {"f32"}
+    assert ar.n_bytes == F32 * PSI + LOSS == 264_708
+    dp = fb.data_parallel_bytes(PSI, N, zero_stage=0, bytes_per_value=F32)
+    assert sent(records) == dp.gradients + fb.collective_bytes("all-reduce", LOSS, N)
+    assert sent(records) == 2 * 7 / 8 * 264_708 and dp.parameters == 0
+
+
+def test_fsdp_by_jit_gathers_once_and_all_reduces_the_gradients(programs):
+    records = programs[0]["fsdp"][0]
+    gathers, reduces = of(records, "all-gather"), of(records, "all-reduce")
+    assert {r.kind for r in records} == {"all-gather", "all-reduce"}
+    # One all-gather per parameter tensor (the CPU pipeline has no all-gather combiner), each
+    # from its 1/8 shard to the whole tensor, and only in the forward: with no remat the
+    # gathered parameters stay alive for the backward, so XLA never gathers them again.
+    assert len(gathers) == 4 * LAYERS
+    assert sorted(r.result_shapes[0] for r in gathers) == sorted(
+        [(256,), (64,), (64, 256), (256, 64)] * LAYERS)
+    assert all(r.operand_shapes[0][0] * N == r.result_shapes[0][0] for r in gathers)
+    assert sum(r.n_bytes for r in gathers) == F32 * PSI
+    # No reduce-scatter: the CPU pipeline has no reduce-scatter creator, so the partitioner's
+    # "sum the gradients, keep my shard" stays an all-reduce of the whole gradient (one tuple,
+    # with the loss) followed by each device slicing its own shard for the update.
+    [ar] = reduces
+    assert ar.n_bytes == F32 * PSI + LOSS and ar.group_size == N
+    # So each field is a different stage's: the parameters travel as ZeRO-1/2's (gathered
+    # once), the gradients as plain data parallelism's (all-reduced), and the total is exactly
+    # ZeRO-3's 3 (n - 1)/n Psi: one gather fewer, one all-reduce (= 2 ring passes) instead of a
+    # reduce-scatter (1 pass).
+    zero1 = fb.data_parallel_bytes(PSI, N, zero_stage=1, bytes_per_value=F32)
+    zero0 = fb.data_parallel_bytes(PSI, N, zero_stage=0, bytes_per_value=F32)
+    zero3 = fb.data_parallel_bytes(PSI, N, zero_stage=3, bytes_per_value=F32)
+    loss = fb.collective_bytes("all-reduce", LOSS, N)
+    assert sent(records, "all-gather") == zero1.parameters
+    assert sent(records, "all-reduce") == zero0.gradients + loss
+    assert sent(records) == zero3.total + loss == 3 * 7 / 8 * F32 * PSI + loss
+
+
+def test_zero3_by_hand_gathers_twice_and_reduce_scatters(programs):
+    records = programs[0]["zero3"][0]
+    gathers = of(records, "all-gather")
+    scatters = of(records, "reduce-scatter")
+    # Forward: 4 gathers per block; backward: jax.checkpoint recomputes each block, so its 4
+    # gathers run again (every parameter's value is needed there: no output bias).
+    assert len(gathers) == 2 * 4 * LAYERS
+    assert sum(r.n_bytes for r in gathers) == 2 * F32 * PSI
+    # The gather's custom backward: one explicit psum_scatter per tensor (not combined), from
+    # the whole gradient to this device's shard.
+    assert len(scatters) == 4 * LAYERS
+    assert sum(r.n_bytes for r in scatters) == F32 * PSI
+    assert all(r.result_shapes[0][0] * N == r.operand_shapes[0][0] for r in scatters)
+    # The reported loss is a psum of each device's share.
+    [loss] = of(records, "all-reduce")
+    assert loss.n_bytes == LOSS and loss.operand_shapes == ((),)
+    assert {r.group_size for r in records} == {N}
+    zero3 = fb.data_parallel_bytes(PSI, N, zero_stage=3, bytes_per_value=F32)
+    assert sent(records, "all-gather") == zero3.parameters == 2 * 7 / 8 * F32 * PSI
+    assert sent(records, "reduce-scatter") == zero3.gradients == 7 / 8 * F32 * PSI
+    assert sent(records) == zero3.total + fb.collective_bytes("all-reduce", LOSS, N)
+
+
+def test_xla_cpu_undoes_zero3s_rematerialised_gathers(programs):
+    # With the default CPU pipeline, cse_barrier_expander strips the optimization barriers
+    # jax.checkpoint puts on the recomputation and the CSE after it merges each backward gather
+    # into its forward twin (same operand, same replica groups): the gathered parameters are
+    # kept alive instead, the memory ZeRO-3 meant to save. Half the parameter traffic.
+    records = programs[0]["zero3_cse"][0]
+    zero3 = fb.data_parallel_bytes(PSI, N, zero_stage=3, bytes_per_value=F32)
+    assert len(of(records, "all-gather")) == 4 * LAYERS
+    assert sent(records, "all-gather") == zero3.parameters / 2
+    assert sent(records, "reduce-scatter") == zero3.gradients
+
+
+def test_xla_cpu_all_reduces_bfloat16_gradients_in_float32():
+    # The CPU pipeline's all-reduce-promotion pass converts a bf16 all-reduce to f32 (and back):
+    # 16-bit gradients cost 32-bit traffic here, twice fb.data_parallel_bytes(bytes_per_value=2).
+    # All-gathers move data without arithmetic and are not promoted.
+    import jax.numpy as jnp
+
+    params = xla.mlp_params(D_MODEL, D_FF, LAYERS, dtype=jnp.bfloat16)
+    x, y = xla.example_batch(32, D_MODEL, dtype=jnp.bfloat16)
+    [ar] = xla.compiled_collectives(xla.data_parallel_step(xla.mesh(N)), params, x, y)
+    assert set(ar.operand_dtypes) == {"f32"} and ar.n_bytes == F32 * PSI + LOSS
+    bf16 = fb.data_parallel_bytes(PSI, N, zero_stage=0, bytes_per_value=2)
+    assert sent([ar]) == 2 * bf16.gradients + fb.collective_bytes("all-reduce", LOSS, N)
+
+
+def test_a_collective_in_a_loop_counts_its_trip_count():
+    from jax.sharding import PartitionSpec as P
+
+    def body(v):
+        return jax.lax.fori_loop(0, 3, lambda i, c: jax.lax.psum(c, "data") / N, v)
+
+    fn = jax.jit(jax.shard_map(body, mesh=xla.mesh(N), in_specs=P("data"), out_specs=P("data"),
+                               check_vma=False))
+    [r] = xla.compiled_collectives(fn, np.ones(64, np.float32))
+    assert (r.kind, r.operand_shapes, r.n_bytes, r.group_size, r.count) == \
+        ("all-reduce", ((8,),), 32, N, 3)
+
+
+# A GPU-style module: async pairs (counted once), a combined all-reduce-start, iota and
+# explicit replica groups, operand shapes printed inline (an older printer).
+GPU_HLO = """\
+HloModule jit_f, is_scheduled=true, num_partitions=8
+
+%add (x: f32[], y: f32[]) -> f32[] {
+  %x = f32[] parameter(0)
+  %y = f32[] parameter(1)
+  ROOT %add = f32[] add(f32[] %x, f32[] %y)
+}
+
+ENTRY %main (p0: bf16[8,256], p1: f32[1024], p2: f32[16]) -> (bf16[64,256], f32[1024]) {
+  %p0 = bf16[8,256]{1,0} parameter(0)
+  %p1 = f32[1024]{0} parameter(1)
+  %p2 = f32[16]{0} parameter(2)
+  %all-gather-start = (bf16[8,256]{1,0}, bf16[64,256]{1,0}) all-gather-start(bf16[8,256]{1,0} %p0), channel_id=1, replica_groups=[1,8]<=[8], dimensions={0}, use_global_device_ids=true
+  %all-gather-done = bf16[64,256]{1,0} all-gather-done((bf16[8,256]{1,0}, bf16[64,256]{1,0}) %all-gather-start)
+  %all-reduce-start = (f32[1024]{0}, f32[16]{0}) all-reduce-start(f32[1024]{0} %p1, f32[16]{0} %p2), channel_id=2, replica_groups={{0,1,2,3},{4,5,6,7}}, use_global_device_ids=true, to_apply=%add
+  %all-reduce-done = (f32[1024]{0}, f32[16]{0}) all-reduce-done((f32[1024]{0}, f32[16]{0}) %all-reduce-start)
+  %reduce-scatter = f32[128]{0} reduce-scatter(f32[1024]{0} %p1), channel_id=3, replica_groups={}, use_global_device_ids=true, dimensions={0}, to_apply=%add
+  ROOT %tuple = (bf16[64,256]{1,0}, f32[1024]{0}) tuple(bf16[64,256]{1,0} %all-gather-done, f32[1024]{0} %p1)
+}
+"""
+
+
+def test_async_pairs_and_combined_collectives_are_read_once():
+    ag, ar, rs = xla.parse_collectives(GPU_HLO)
+    assert (ag.kind, ag.operand_shapes, ag.result_shapes, ag.operand_dtypes) == \
+        ("all-gather", ((8, 256),), ((64, 256),), ("bf16",))
+    assert (ag.n_bytes, ag.group_size, ag.n_groups) == (64 * 256 * 2, 8, 1)
+    assert (ar.kind, ar.operand_shapes, ar.n_bytes) == ("all-reduce", ((1024,), (16,)), 4160)
+    assert (ar.group_size, ar.n_groups) == (4, 2)
+    # Empty replica groups: every device of the module (num_partitions).
+    assert (rs.kind, rs.n_bytes, rs.result_shapes, rs.group_size) == \
+        ("reduce-scatter", 4096, ((128,),), 8)
+
+
+def test_unreadable_input_raises():
+    with pytest.raises(ValueError, match="hlo_text"):
+        xla.parse_collectives(b"HloModule")
+    with pytest.raises(ValueError, match="fn"):
+        xla.compiled_collectives(42)
+    with pytest.raises(ValueError, match="XLA_FLAGS=--xla_force_host_platform_device_count"):
+        xla.cpu_devices(N + 1)
+    with pytest.raises(ValueError, match="^n must"):
+        xla.cpu_devices(0)
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_fit_alpha_beta_recovers_the_line_exactly(relative):
+    sizes = np.array([0, 1e6, 4e6, 16e6, 64e6])
+    fit = xla.fit_alpha_beta(sizes, 25e-6 + sizes / 5e9, relative=relative)
+    assert fit.alpha == pytest.approx(25e-6, rel=1e-9)
+    assert fit.beta == pytest.approx(5e9, rel=1e-9)
+
+
+def test_fit_alpha_beta_of_flat_times_has_no_bandwidth_term():
+    assert xla.fit_alpha_beta([1, 2, 4], [3.0, 3.0, 3.0]) == xla.AlphaBeta(3.0, float("inf"))
+
+
+@pytest.mark.parametrize("sizes, times, arg", [
+    ([1, 1], [1.0, 2.0], "sizes"), ([1, 2], [1.0], "times"), ([1, -2], [1.0, 2.0], "sizes"),
+    ([1, 2], [1.0, float("nan")], "times"), ("ab", [1.0, 2.0], "sizes")])
+def test_fit_alpha_beta_names_the_bad_argument(sizes, times, arg):
+    with pytest.raises(ValueError, match=f"^{arg}"):
+        xla.fit_alpha_beta(sizes, times)
+
+
+def test_fit_alpha_beta_names_relative():
+    with pytest.raises(ValueError, match="^relative"):
+        xla.fit_alpha_beta([1, 2], [1.0, 2.0], relative="yes")
+    with pytest.raises(ValueError, match="^times.*relative"):
+        xla.fit_alpha_beta([1, 2], [0.0, 2.0], relative=True)
+
+
+@pytest.mark.parametrize("kind", ["all-reduce", "all-gather", "reduce-scatter"])
+def test_time_collective_runs_the_real_collective(kind):
+    # time_collective itself checks that XLA compiled exactly this collective; the seconds are
+    # only checked to be a time (never against a value: wall time is not a test).
+    seconds = xla.time_collective(kind, 4 * N * 256, N, repeats=2)
+    assert np.isfinite(seconds) and seconds > 0
+
+
+@pytest.mark.parametrize("args, arg", [
+    (("broadcast", 4096), "kind"), (("all-reduce", 4097), "n_bytes"),
+    (("all-reduce", 0), "n_bytes"), (("all-reduce", 4096, 1), "n_devices"),
+    (("all-reduce", 4096, 8, 0), "repeats")])
+def test_time_collective_names_the_bad_argument(args, arg):
+    kind, n_bytes, *rest = args
+    kwargs = {"repeats": rest[1]} if len(rest) > 1 else {}
+    with pytest.raises(ValueError, match=f"^{arg}"):
+        xla.time_collective(kind, n_bytes, *rest[:1], **kwargs)
+
+
+def test_importing_flopsbook_does_not_import_jax():
+    code = "import sys, flopsbook, flopsbook.reference; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
