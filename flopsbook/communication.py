@@ -1,7 +1,8 @@
 """Communication between devices: collectives, the alpha-beta model and data parallelism.
 
-Derived in the chapter "Collectives and data parallelism" (``notebooks/collectives``) and held
-against two independent checks: a counted simulation of devices exchanging numpy shards
+Derived in the chapter "Many devices I: collectives, the alpha-beta model and data parallelism"
+(``notebooks/collectives``) and held against two independent checks: a counted simulation of
+devices exchanging numpy shards
 (``flopsbook.reference.collectives``) and the collectives that a real SPMD compiler (JAX/XLA on
 host CPU devices) emits. Conventions: ``n_bytes`` is the full buffer of the collective (an
 all-reduce's input on each device, an all-gather's output, a reduce-scatter's input, an

@@ -219,7 +219,7 @@ class Hardware:
     tensor-core numbers are often twice these. A peak, the memory and the bandwidth may be given
     as one text quantity each ("989 TFLOP/s", "80GB", "3.35 TB/s"); they are stored as floats.
 
-    The links to other devices (chapter "Collectives and data parallelism") are keyword fields,
+    The links to other devices (chapter "Many devices I", notebooks/collectives) are keyword fields,
     None where unknown (a formula that needs one then says so): ``intra_node_bandwidth`` is what
     one device can send per second, in one direction, to the devices of its node (NVLink; a TPU's
     ICI, where a "node" is the ICI-connected slice), ``inter_node_bandwidth`` what it can send in

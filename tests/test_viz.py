@@ -95,3 +95,79 @@ def test_architectures_figure_and_calculator(capsys):
     plt.close(fig)
     fb.viz.architectures_calculator()
     assert "VBox" in capsys.readouterr().out
+
+
+def test_collectives_figures_are_drawn_from_the_message_log():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from flopsbook.reference import collectives as C
+    from flopsbook.viz import collectives as vc
+
+    run = C.all_reduce([np.arange(8.0) for _ in range(4)])
+    fig, ax = plt.subplots()
+    vc.draw_messages(ax, run)
+    # One arrow per message of the log: 2(n - 1) steps of n messages for a ring all-reduce.
+    (arrows,) = [c for c in ax.collections if hasattr(c, "U")]
+    assert len(arrows.U) == len(run.messages) == 2 * 3 * 4
+    assert list(arrows.V) == pytest.approx([(m.receiver - m.sender) * (1 - 2 * 0.12 / np.hypot(
+        1, m.receiver - m.sender)) for m in run.messages])
+    assert ax.get_xlim()[1] == pytest.approx(run.n_steps + 0.3)
+    plt.close(fig)
+    fig = vc.messages_figure([run, C.all_gather(C.shard(np.arange(8.0), 4))], ["a", "b"])
+    assert [a.get_title() for a in fig.axes if a.get_visible()] == ["a", "b"]
+    plt.close(fig)
+    fig = vc.ring_tree_figure(simulated=[(8, "ring", 1.75, 14), (8, "tree", 2.0, 6)])
+    assert len(fig.axes) == 2
+    plt.close(fig)
+    fit = type("Fit", (), {"alpha": 1e-4, "beta": 1e9})()
+    fig = vc.alpha_beta_figure({"all-reduce": ([1024, 4096], [1e-4, 1.1e-4], fit)})
+    assert len(fig.axes) == 1
+    plt.close(fig)
+
+
+def test_step_communication_matches_the_overlap_threshold():
+    # With one micro-batch, plain data parallelism's all-reduce is hidden exactly from
+    # dp_overlap_tokens tokens per device on (no latency: a bare-bandwidth accelerator).
+    import dataclasses
+
+    import numpy as np
+
+    from flopsbook.viz.collectives import step_communication
+
+    h100 = dataclasses.replace(fb.hardware("h100-sxm"), intra_node_latency=0.0)
+    threshold = fb.dp_overlap_tokens(h100, n_devices=8)
+    below, above = step_communication(7e9, h100, 8, np.array([0.99, 1.01]) * threshold)[
+        "exposed_fraction"]
+    assert below > 0 and above == 0
+    for stage in (1, 2, 3):   # every stage is hidden from the same threshold with k = 1
+        r = step_communication(7e9, h100, 8, np.array([0.99, 1.01]) * threshold, zero_stage=stage)
+        assert r["exposed_fraction"][1] == 0
+    r = step_communication(7e9, h100, 8, 100.0, zero_stage=3, micro_batches=4)
+    assert r["bytes"].total == fb.data_parallel_bytes(7e9, 8, zero_stage=3, micro_batches=4).total
+    assert 0 < r["exposed_fraction"] < 1
+
+
+def test_collectives_report_and_calculator(capsys):
+    from flopsbook.viz.collectives import collectives_report
+
+    # Llama 2 7B (6.74B parameters), 64 H100s: 2 * 63/64 * 6.74e9 * 2 bytes = 26.5 GB sent;
+    # 16 bytes per parameter of model states = 108 GB, more than the 85.9 GB of an 80 GiB GPU.
+    text = collectives_report("llama2-7b", "h100-sxm", 64, 4096, zero_stage=0)
+    assert "26.5 GB" in text and "108 GB of 85.9 GB" in text and "hierarchical" in text
+    z3 = collectives_report("llama2-7b", "h100-sxm", 64, 4096, zero_stage=3)
+    assert "ZeRO-3" in z3 and "1.68 GB of 85.9 GB" in z3   # 6.74e9 * 16 / 64
+    assert "inside one node" in collectives_report("llama2-7b", "h100-sxm", 8, 4096)
+    fb.viz.collectives_calculator()
+    assert "VBox" in capsys.readouterr().out
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = fb.viz.collectives_figure(hardwares=("h100-sxm",), n_devices=(8,))
+    assert len(fig.axes[0].lines) == 1
+    plt.close(fig)

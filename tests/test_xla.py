@@ -148,20 +148,6 @@ def test_xla_cpu_undoes_zero3s_rematerialised_gathers(programs):
     assert sent(records, "reduce-scatter") == zero3.gradients
 
 
-def test_xla_cpu_all_reduces_bfloat16_gradients_in_float32():
-    # The CPU pipeline's all-reduce-promotion pass converts a bf16 all-reduce to f32 (and back):
-    # 16-bit gradients cost 32-bit traffic here, twice fb.data_parallel_bytes(bytes_per_value=2).
-    # All-gathers move data without arithmetic and are not promoted.
-    import jax.numpy as jnp
-
-    params = xla.mlp_params(D_MODEL, D_FF, LAYERS, dtype=jnp.bfloat16)
-    x, y = xla.example_batch(32, D_MODEL, dtype=jnp.bfloat16)
-    [ar] = xla.compiled_collectives(xla.data_parallel_step(xla.mesh(N)), params, x, y)
-    assert set(ar.operand_dtypes) == {"f32"} and ar.n_bytes == F32 * PSI + LOSS
-    bf16 = fb.data_parallel_bytes(PSI, N, zero_stage=0, bytes_per_value=2)
-    assert sent([ar]) == 2 * bf16.gradients + fb.collective_bytes("all-reduce", LOSS, N)
-
-
 def test_a_collective_in_a_loop_counts_its_trip_count():
     from jax.sharding import PartitionSpec as P
 

@@ -19,6 +19,10 @@ The three programs (the model is :func:`mlp_params`, a stack of pre-norm MLP blo
   by sharding constraints (how MaxText-style FSDP is written);
 - :func:`zero3_step`: ZeRO-3 by hand under ``jax.shard_map``: ``all_gather`` per layer in the
   forward, ``jax.checkpoint`` so the backward gathers again, ``psum_scatter`` of the gradients.
+
+One more CPU substitution, seen while writing this module and not kept as a test (it costs a
+second compile in bf16): the CPU pipeline's all-reduce-promotion pass runs a bf16 all-reduce in
+f32, so 16-bit gradients cost 32-bit traffic on host devices (GPUs and TPUs reduce in bf16).
 """
 
 from __future__ import annotations

@@ -91,7 +91,9 @@ from .inference import inference_calculator  # noqa: E402
 from .scaling import scaling_explorer  # noqa: E402
 from .memory import memory_calculator  # noqa: E402
 from .architectures import architectures_calculator, architectures_figure  # noqa: E402
+from .collectives import collectives_calculator, collectives_figure  # noqa: E402
 
-__all__ = ["architectures_calculator", "architectures_figure", "attention_explorer", "glue",
+__all__ = ["architectures_calculator", "architectures_figure", "attention_explorer", "collectives_calculator",
+           "collectives_figure", "glue",
            "inference_calculator", "matmul_calculator", "memory_calculator", "plain_log_ticks",
            "registry_notes", "scaling_explorer", "setup", "training_calculator"]
