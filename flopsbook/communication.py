@@ -137,7 +137,7 @@ def _alpha_beta(kind, n_bytes, n, bandwidth, latency, algorithm):
 
 @formula
 def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=None,
-                    algorithm="ring", hierarchical=False):
+                    algorithm="ring", hierarchical=False, rings=1):
     """Seconds of one collective by the alpha-beta model: alpha * steps + bytes sent / beta.
 
     beta is the one-direction bandwidth of one device, alpha the time per message. For a ring
@@ -146,8 +146,13 @@ def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=
     bound: unpipelined, every hop pays the whole piece, (n - 1)(alpha + B/beta) for a chain.
     Given a
     :class:`Hardware` (or its name), a flat collective over at most ``devices_per_node`` devices
-    uses the intra-node link and one that spans nodes the inter-node link (a flat ring is as
-    fast as its slowest hop). ``hierarchical=True`` spans nodes in three phases (NCCL's and
+    uses the intra-node link and one that spans nodes the inter-node link: one ring is as fast
+    as its slowest hop, one device's network card. ``rings=r`` runs r rings at once (NCCL's
+    channels), each carrying 1/r of the buffer and leaving the node through its own card: the
+    network leg then moves the bytes over r cards, while every byte still crosses each device's
+    intra-node link, so the time is alpha * steps + max(bytes / beta_intra,
+    bytes / (r * beta_inter)); with r = ``devices_per_node`` the network leg runs at the node's
+    whole egress, the figure the JAX scaling book uses across nodes. ``hierarchical=True`` spans nodes in three phases (NCCL's and
     Megatron's layout): a reduce-scatter inside each node over the fast link, an all-reduce of
     the 1/p shards across nodes (one ring per local rank, all at once), an all-gather inside
     each node; all-gather and reduce-scatter alone use their two phases. ``n_devices`` must then
@@ -169,6 +174,9 @@ def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=
         algorithm (str): ``"ring"`` (the default) or ``"tree"`` (all-reduce).
         hierarchical (bool): In-node then across-node phases (all-reduce, all-gather,
             reduce-scatter; needs a ``Hardware``). Default False.
+        rings (int | array-like): Rings run at once across nodes, each through its own network
+            card: 1 (the default) to ``devices_per_node`` (needs a ``Hardware``; flat rings
+            only).
 
     Returns:
         float | numpy.ndarray: Seconds.
@@ -187,10 +195,14 @@ def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=
     from .registry import Hardware
 
     if not isinstance(hardware_or_bandwidth, (Hardware, str)):
+        bw = as_array("hardware_or_bandwidth", hardware_or_bandwidth, kind="rate")
         if hierarchical:
             raise ValueError("hierarchical=True needs a Hardware (or its name): the in-node and "
                              "across-node links differ")
-        bw = as_array("hardware_or_bandwidth", hardware_or_bandwidth, kind="rate")
+        if not (isinstance(rings, (int, np.integer)) and not isinstance(rings, bool)
+                and rings == 1):
+            raise ValueError("rings needs hardware_or_bandwidth to be a Hardware (or its name): "
+                             "the rings leave a node through its network cards")
         return result(_alpha_beta(kind, b, n, bw, 0.0 if alpha is None else alpha, algorithm))
     try:
         hw = as_hardware(hardware_or_bandwidth, "hardware_or_bandwidth")
@@ -198,26 +210,42 @@ def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=
         if not isinstance(hardware_or_bandwidth, str):
             raise
         bw = as_array("hardware_or_bandwidth", hardware_or_bandwidth, kind="rate")
+        if hierarchical or not (isinstance(rings, (int, np.integer)) and rings == 1):
+            raise ValueError("hierarchical and rings need hardware_or_bandwidth to be a "
+                             "Hardware (or its name), not a bare bandwidth") from None
         return result(_alpha_beta(kind, b, n, bw, 0.0 if alpha is None else alpha, algorithm))
     p = hw.devices_per_node
+    if p is None:
+        raise ValueError(f"hardware_or_bandwidth: {hw.name} has no devices_per_node in the "
+                         "registry; pass a bandwidth instead")
+    r = as_array("rings", rings, integer=True, kind="count")
+    if (r > p).any():
+        raise ValueError(f"rings must be at most devices_per_node={p} of {hw.name} (one network "
+                         f"card per ring), got {float(r.max()):g}")
     if not hierarchical:
-        if p is None:
-            raise ValueError(f"hardware_or_bandwidth: {hw.name} has no devices_per_node in the "
-                             "registry; pass a bandwidth instead")
         inside = n <= p
-        bw = np.where(inside, _link(hw, "bandwidth", "intra") if inside.any() else 1.0,
-                      _link(hw, "bandwidth", "inter") if (~inside).any() else 1.0)
+        intra = _link(hw, "bandwidth", "intra") if inside.any() else np.inf
+        if (~inside).any():
+            inter = _link(hw, "bandwidth", "inter")
+            if (r > 1).any() and algorithm != "ring":
+                raise ValueError("rings > 1 is modelled for rings (algorithm='ring')")
+            # r rings leave the node through r cards; every byte still crosses NVLink.
+            across = 1.0 / np.maximum(1.0 / intra, 1.0 / (r * inter))
+        else:
+            across = 1.0
+        bw = np.where(inside, intra, across)
         lat = alpha if alpha is not None else np.where(
             inside, _link(hw, "latency", "intra") if inside.any() else 0.0,
             _link(hw, "latency", "inter") if (~inside).any() else 0.0)
         return result(_alpha_beta(kind, b, n, bw, lat, algorithm))
+    if (r != 1).any():
+        raise ValueError("rings applies to flat rings; hierarchical=True already uses every "
+                         "card of a node (one ring per local rank)")
     if kind not in ("all-reduce", "all-gather", "reduce-scatter"):
         raise ValueError(f"hierarchical=True is modelled for all-reduce, all-gather and "
                          f"reduce-scatter; got kind={kind!r}")
     if algorithm != "ring":
         raise ValueError("hierarchical=True composes rings; allowed algorithm: 'ring'")
-    if p is None:
-        raise ValueError(f"hardware_or_bandwidth: {hw.name} has no devices_per_node")
     if (n % p != 0).any():
         raise ValueError(f"n_devices must be a whole number of nodes of {p} devices for "
                          f"hierarchical=True, got {n if n.ndim else float(n):g}")

@@ -202,3 +202,23 @@ def test_the_scaling_books_per_device_batches():
     assert fb.dp_overlap_tokens(h100, link="node") == pytest.approx(989.4e12 / 400e9)
     # One GPU's own card is 8x slower than the node's egress.
     assert fb.dp_overlap_tokens(h100, link="inter") == 8 * fb.dp_overlap_tokens(h100, link="node")
+
+
+def test_several_rings_leave_the_node_through_several_cards():
+    one = fb.collective_time("all-reduce", GB, 16, TOY)
+    eight = fb.collective_time("all-reduce", GB, 16, TOY, rings=8)
+    sent = 2 * 15 / 16 * GB
+    assert one == pytest.approx(30 * 8e-6 + sent / 50e9, rel=1e-15)
+    # 8 cards of 50 GB/s = 400 GB/s, the same as NVLink here: the slower of the two governs.
+    assert eight == pytest.approx(30 * 8e-6 + sent / 400e9, rel=1e-15)
+    four = fb.collective_time("all-reduce", GB, 16, TOY, rings=4)
+    assert four == pytest.approx(30 * 8e-6 + sent / 200e9, rel=1e-15)
+    # Inside a node the rings change nothing.
+    assert fb.collective_time("all-reduce", GB, 8, TOY, rings=8) == \
+        fb.collective_time("all-reduce", GB, 8, TOY)
+    with pytest.raises(ValueError, match="rings"):
+        fb.collective_time("all-reduce", GB, 16, TOY, rings=9)
+    with pytest.raises(ValueError, match="rings"):
+        fb.collective_time("all-reduce", GB, 16, TOY, rings=2, hierarchical=True)
+    with pytest.raises(ValueError, match="rings"):
+        fb.collective_time("all-reduce", GB, 16, 50e9, rings=8)
