@@ -155,11 +155,12 @@ def test_collectives_report_and_calculator(capsys):
     from flopsbook.viz.collectives import collectives_report
 
     # Llama 2 7B (6.74B parameters), 64 H100s: 2 * 63/64 * 6.74e9 * 2 bytes = 26.5 GB sent;
-    # 16 bytes per parameter of model states = 108 GB, more than the 85.9 GB of an 80 GiB GPU.
+    # 16 bytes per parameter of model states = 108 GB = 100 GiB, more than an 80 GiB GPU
+    # (memory is printed in GiB, the unit the GPU's capacity is stated in).
     text = collectives_report("llama2-7b", "h100-sxm", 64, 4096, zero_stage=0)
-    assert "26.5 GB" in text and "108 GB of 85.9 GB" in text and "hierarchical" in text
+    assert "26.5 GB" in text and "100 GiB of 80 GiB" in text and "hierarchical" in text
     z3 = collectives_report("llama2-7b", "h100-sxm", 64, 4096, zero_stage=3)
-    assert "ZeRO-3" in z3 and "1.68 GB of 85.9 GB" in z3   # 6.74e9 * 16 / 64
+    assert "ZeRO-3" in z3 and "1.57 GiB of 80 GiB" in z3   # 6.74e9 * 16 / 64 / 2**30
     assert "inside one node" in collectives_report("llama2-7b", "h100-sxm", 8, 4096)
     fb.viz.collectives_calculator()
     assert "VBox" in capsys.readouterr().out

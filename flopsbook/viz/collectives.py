@@ -242,7 +242,7 @@ def collectives_report(model="llama2-7b", hardware="h100-sxm", n_devices=64,
                                     grad_dtype="fp32" if grad_bytes == 4 else None).total
     where = "inside one node" if n_devices <= p else (
         "across nodes, hierarchical (in-node reduce-scatter, across-node ring, in-node "
-        "all-gather)" if hier else "across nodes, one flat ring at the network's per-GPU share")
+        "all-gather)" if hier else "across nodes, one flat ring (a single channel) at the network's per-GPU share")
     link = "intra" if n_devices <= p else ("node" if hier else "inter")
     need = communication.dp_overlap_tokens(hw, link=link, bytes_per_value=grad_bytes,
                                            n_devices=n_devices)
@@ -251,8 +251,9 @@ def collectives_report(model="llama2-7b", hardware="h100-sxm", n_devices=64,
         f"{m.name} ({units.format_count(psi)} parameters) on {n_devices:,} x {hw.name}, "
         f"{ZERO_NAMES[zero_stage]}, {micro_batches} micro-batch(es), "
         f"{tokens_per_device:,} tokens per device per step",
-        f"model states per device (mixed precision, Adam): {units.format_bytes(states)} of "
-        f"{units.format_bytes(hw.memory_bytes)} (activations not counted)",
+        f"model states per device (mixed precision, Adam): "
+        f"{units.format_bytes(states, binary=True)} of "
+        f"{units.format_bytes(hw.memory_bytes, binary=True)} (activations not counted)",
         f"sent per device per step (flat-ring count): {units.format_bytes(b.total)} (gradients "
         f"{units.format_bytes(b.gradients)} at {grad_bytes:g} B/value, parameters "
         f"{units.format_bytes(b.parameters)} at 2 B/value)",
