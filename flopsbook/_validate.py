@@ -51,7 +51,14 @@ def _text(name: str, value: str, kind: str) -> float:
     try:
         return parse(key)
     except ValueError as err:
-        raise ValueError(f"{name}: {err}") from None
+        # A word that is no quantity was probably a misspelt model or accelerator name.
+        from .registry import closest_names
+
+        table = _MODELS if kind in _PARAM_KINDS else _HARDWARE if kind != "count" else {}
+        close = closest_names(key, sorted(table)) if table and key[:1].isalpha() else []
+        what = "model" if kind in _PARAM_KINDS else "hardware"
+        hint = f" (or a {what} name; closest: {', '.join(close)})" if close else ""
+        raise ValueError(f"{name}: {err}{hint}") from None
 
 
 def _numeric(name: str, value, kind: str | None) -> np.ndarray:

@@ -125,8 +125,10 @@ def collective_steps(kind, n_devices, *, algorithm="ring"):
 def _link(hw, name, which):
     value = getattr(hw, f"{which}_node_{name}")
     if value is None:
+        fix = ("pass latency= (seconds per message)" if name == "latency"
+               else "pass a bandwidth (bytes/s, one direction) instead of the hardware")
         raise ValueError(f"hardware_or_bandwidth: {hw.name} has no {which}_node_{name} in the "
-                         f"registry (unknown); pass a bandwidth (bytes/s) and latency instead")
+                         f"registry (unknown); {fix}")
     return value
 
 
@@ -367,16 +369,19 @@ def dp_overlap_tokens(hardware_or_peak, bandwidth=None, *, link="intra", bytes_p
     threshold holds for ZeRO-3/FSDP's per-layer gathers (a layer's forward does 2 N_l per token
     and gathers (n - 1)/n N_l values; its backward does 4 N_l and gathers and reduce-scatters
     twice as much). Multiply by the devices for the global batch. ``link`` picks W from a
-    ``Hardware``: ``"intra"`` (NVLink, ICI), ``"inter"`` (one device's share of the network)
-    or ``"node"`` (the node's whole network, ``devices_per_node`` times the share: the
-    scaling book's "across nodes" figure for an H100, which assumes one GPU's traffic can use
-    every card of its node). Broadcasts over arrays.
+    ``Hardware``: ``"intra"`` (NVLink, ICI), ``"inter"`` (one ring through one device's network
+    card) or ``"node"`` (across nodes with every card of the node at work, hierarchically or
+    with one ring per card: the network leg runs at ``devices_per_node`` times the share, but
+    every byte still crosses the intra-node link, so W is the smaller of the two; for an H100
+    the node's 400 GB/s egress, the scaling book's "across nodes" figure). Broadcasts over
+    arrays.
 
     Args:
         hardware_or_peak (Hardware | str | float | array-like): A ``Hardware`` or name (its
             ``peak_16bit``, or ``peak(dtype)``, and its link), or a peak in FLOP/s.
         bandwidth (float | str | array-like | None): One-direction bytes/s; needed with a
-            numeric peak, ignored (None) with a ``Hardware``.
+            numeric peak; with a ``Hardware`` it replaces the link's figure (None, the default,
+            takes the link's).
 
     Keyword Args:
         link (str): ``"intra"`` (the default), ``"inter"`` or ``"node"``.
@@ -406,7 +411,7 @@ def dp_overlap_tokens(hardware_or_peak, bandwidth=None, *, link="intra", bytes_p
             if link == "node":
                 if hw.devices_per_node is None:
                     raise ValueError(f"hardware_or_peak: {hw.name} has no devices_per_node")
-                w = w * hw.devices_per_node
+                w = min(w * hw.devices_per_node, _link(hw, "bandwidth", "intra"))
     else:
         if bandwidth is None:
             raise ValueError("bandwidth is needed (bytes/s, one direction) when "

@@ -25,10 +25,18 @@ def _lookup(kind: str, name, table: dict, arg: str = "name"):
     if name in table:
         return table[name]
     names = sorted(table)
-    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.4)
-    hint = f" Closest: {', '.join(close)}." if close else ""
+    hint = f" Closest: {', '.join(close)}." if (close := closest_names(name, names)) else ""
     raise ValueError(f"{arg}: unknown {kind} name {shown(name)}.{hint} Allowed: "
                      f"{', '.join(names)}")
+
+
+def closest_names(name: str, names, n: int = 3) -> list[str]:
+    """Registry names a mistyped ``name`` probably meant: those it begins or is part of first
+    ("h100" -> "h100-sxm"), then the most similar spellings."""
+    key = name.strip().lower()
+    whole = [x for x in names if key and (x.startswith(key) or key in x)]
+    similar = difflib.get_close_matches(key, names, n=n, cutoff=0.4)
+    return list(dict.fromkeys(whole + similar))[:n]
 
 
 def _gpt2(name, n_layers, d_model, n_heads):

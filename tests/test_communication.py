@@ -222,3 +222,27 @@ def test_several_rings_leave_the_node_through_several_cards():
         fb.collective_time("all-reduce", GB, 16, TOY, rings=2, hierarchical=True)
     with pytest.raises(ValueError, match="rings"):
         fb.collective_time("all-reduce", GB, 16, 50e9, rings=8)
+
+
+def test_across_nodes_every_byte_still_crosses_the_intra_node_link():
+    # link="node": the network leg at the node's egress, but never faster than NVLink/ICI.
+    assert fb.dp_overlap_tokens("h800", link="node") == fb.dp_overlap_tokens("h800")
+    assert fb.dp_overlap_tokens("tpu-v5p", link="node") == fb.dp_overlap_tokens("tpu-v5p")
+    assert fb.dp_overlap_tokens("h100-sxm", link="node") > fb.dp_overlap_tokens("h100-sxm")  # 400 < 450
+
+
+@pytest.mark.parametrize("call, names", [
+    (lambda: fb.collective_time("all-reduce", "1GB", 2, "h100"), "h100-sxm"),
+    (lambda: fb.dp_overlap_tokens("h100", link="inter"), "h100-sxm"),
+    (lambda: fb.data_parallel_bytes("llama3-70", 8), "llama3-70b"),
+    (lambda: fb.decode_step_time("mistral-7b", "h100", 1, 10), "Closest: h100-sxm"),
+])
+def test_a_misspelt_name_is_told_the_closest_names(call, names):
+    with pytest.raises(ValueError, match=names):
+        call()
+
+
+def test_a_missing_latency_says_to_pass_one():
+    with pytest.raises(ValueError, match="pass latency="):
+        fb.collective_time("all-reduce", GB, 2 * 8960, "tpu-v5p")
+    assert fb.collective_time("all-reduce", GB, 2 * 8960, "tpu-v5p", latency=1e-5) > 0
