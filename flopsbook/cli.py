@@ -282,11 +282,21 @@ def _hardwares(args):
         rows.append({"name": name, "memory_bytes": h.memory_bytes, "memory_gib": h.memory_bytes
                      / GiB, "bandwidth": h.bandwidth, "peak_16bit": h.peak_16bit,
                      "peak_16bit_dtype": "bf16" if "bf16" in h.peak_flops else "fp16",
-                     "source": h.source})
-    text = [f"{'hardware':<11}{'memory':>9}{'bandwidth':>12}{'16-bit peak':>20}  source"]
-    text += [f"{r['name']:<11}{r['memory_gib']:>5g} GiB{format_rate(r['bandwidth']):>12}"
+                     "intra_node_bandwidth": h.intra_node_bandwidth,
+                     "inter_node_bandwidth": h.inter_node_bandwidth,
+                     "devices_per_node": h.devices_per_node, "source": h.source})
+
+    def link(v):  # one direction; "-" where the registry does not know it
+        return "-" if v is None else format_rate(v)
+
+    text = [f"{'hardware':<11}{'memory':>11}{'bandwidth':>12}{'16-bit peak':>20}"
+            f"{'in node':>12}{'per node':>9}{'network':>12}  source"]
+    text += [f"{r['name']:<11}{r['memory_gib']:>7.4g} GiB{format_rate(r['bandwidth']):>12}"
              f"{format_flops(r['peak_16bit'], per_second=True):>15} {r['peak_16bit_dtype']}"
-             f"  {r['source']}" for r in rows]
+             f"{link(r['intra_node_bandwidth']):>12}{r['devices_per_node'] or '-':>9}"
+             f"{link(r['inter_node_bandwidth']):>12}  {r['source']}" for r in rows]
+    text.append("Links are one direction per device (datasheets add both directions); 'network' "
+                "is one device's share of its node's cards.")
     return {"hardware": rows}, "\n".join(text), 0
 
 

@@ -176,7 +176,11 @@ def test_models_and_hardware(run):
     row = next(line for line in run(("hardware",)).stdout.splitlines()
                if line.startswith("h100-sxm "))
     assert row.split() == ["h100-sxm", "80", "GiB", "3.35", "TB/s", "989", "TFLOP/s", "bf16",
-                           "nvidia2022h100"]
+                           "450", "GB/s", "8", "50", "GB/s", "nvidia2022h100"]
+    # NVLink 4's "900 GB/s" adds both directions; one 400 Gb/s card per GPU.
+    assert (hw["h100-sxm"]["intra_node_bandwidth"], hw["h100-sxm"]["inter_node_bandwidth"],
+            hw["h100-sxm"]["devices_per_node"]) == (450e9, 50e9, 8)
+    assert hw["tpu-v4"]["inter_node_bandwidth"] is None      # unknown, and shown as "-"
 
 
 @pytest.mark.parametrize("args, option", BAD, ids=[option for _, option in BAD])
