@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import as_array, as_bool, as_hardware, choice, formula, result
+from .memory import _zero_stage
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "broadcast")
 ALGORITHMS = ("ring", "tree")
@@ -266,9 +267,6 @@ def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=
 
 # --- data parallelism ----------------------------------------------------------------------
 
-ZERO_STAGES = (0, 1, 2, 3)
-
-
 @dataclass(frozen=True)
 class DataParallelBytes:
     """Bytes one device sends per optimizer step of data parallelism (see
@@ -287,10 +285,6 @@ class DataParallelBytes:
     gradients: object
     parameters: object
     total: object
-
-
-def _zero(value):
-    return int(choice("zero_stage", value, ZERO_STAGES))
 
 
 @formula
@@ -337,7 +331,7 @@ def data_parallel_bytes(m_or_n_params, n_devices, *, zero_stage=0, bytes_per_val
     """
     psi = as_array("m_or_n_params", m_or_n_params, kind="params")
     n = as_array("n_devices", n_devices, integer=True, kind="count")
-    stage = _zero(zero_stage)
+    stage = _zero_stage(zero_stage)
     g = as_array("bytes_per_value", bytes_per_value)
     p = g if param_bytes_per_value is None else as_array("param_bytes_per_value",
                                                          param_bytes_per_value)

@@ -193,6 +193,17 @@ def _ffn_flops(m, moe: bool):
         per_width * m.d_ff_expert * (m.top_k + m.n_shared_experts)
 
 
+def _ffn_per_token(m, kinds, n):
+    """(router, FFN) forward FLOPs per token summed over ``kinds`` ((count, moe, window), as
+    ``_layer_kinds`` gives them) and divided by ``n``: the average layer's when ``kinds`` is the
+    whole stack and ``n`` its layers."""
+    router = ffn = 0
+    for count, moe, _ in kinds:
+        r, f = _ffn_flops(m, moe)
+        router, ffn = router + count * r, ffn + count * f
+    return router / n, ffn / n
+
+
 def _pair_flops(m):
     """Forward FLOPs per attended (query, key) pair of one layer, (scores, weighted values),
     all query heads together."""
@@ -207,11 +218,9 @@ def _stack_flops(m, s, b, causal, kinds, n):
     operations: 10^6 contexts stay fast)."""
     tokens = b * s
     qkv, out = _projection_flops(m)
-    router = ffn = 0.0
+    router, ffn = _ffn_per_token(m, kinds, n)
     pairs_by_window = {}
-    for count, moe, window in kinds:
-        r, f = _ffn_flops(m, moe)
-        router, ffn = router + count * r, ffn + count * f
+    for count, _, window in kinds:
         pairs_by_window[window] = pairs_by_window.get(window, 0) + count
     if len(pairs_by_window) == 1:  # a uniform stack: no weighting (keeps the sum exact)
         pairs = b * _attended_pairs(s, causal, next(iter(pairs_by_window)))
@@ -220,8 +229,7 @@ def _stack_flops(m, s, b, causal, kinds, n):
                     for window, count in pairs_by_window.items()) * b / n
     scores, values = _pair_flops(m)
     return {"qkv": qkv * tokens, "scores": scores * pairs, "weighted_values": values * pairs,
-            "out_proj": out * tokens, "router": router / n * tokens,
-            "ffn": ffn / n * tokens}
+            "out_proj": out * tokens, "router": router * tokens, "ffn": ffn * tokens}
 
 
 @formula
@@ -499,8 +507,7 @@ def _layer_coefficients(m):
     of the attended pairs in ``layer_flops`` (the tests hold the two together). Dense and MoE
     layers are averaged over the stack; windows change only the pairs, not the coefficients."""
     qkv, out = _projection_flops(m)
-    ffn = sum(count * sum(_ffn_flops(m, moe)) for count, moe, _ in _layer_kinds(m)) / m.n_layers
-    return qkv + out, ffn, sum(_pair_flops(m))
+    return qkv + out, sum(_ffn_per_token(m, _layer_kinds(m), m.n_layers)), sum(_pair_flops(m))
 
 
 @formula
@@ -647,12 +654,11 @@ def linear_attention_flops(m, seq_len, batch=1):
     b = as_array("batch", batch, integer=True, kind="count")
     tokens = b * s
     qkv, out = _projection_flops(m)
-    ffn = sum(count * np.array(_ffn_flops(m, moe)) for count, moe, _ in _layer_kinds(m)) \
-        / m.n_layers
+    router, ffn = _ffn_per_token(m, _layer_kinds(m), m.n_layers)
     square = 2 * m.d_head * m.d_head
     parts = {"qkv": qkv * tokens, "state_update": square * m.n_kv_heads * tokens,
              "state_readout": square * m.n_heads * tokens, "out_proj": out * tokens,
-             "router": ffn[0] * tokens, "ffn": ffn[1] * tokens}
+             "router": router * tokens, "ffn": ffn * tokens}
     parts = {k: result(v) for k, v in parts.items()}
     parts["total"] = result(sum(parts.values()))
     return parts

@@ -462,13 +462,13 @@ def _largest_layer_params(m) -> int:
     """Matmul weights of the largest layer: the one ZeRO-3 gathers at its peak. An MoE layer
     holds its router and every expert (plain ZeRO-3 gathers them all; expert parallelism, which
     avoids it, is a later chapter's)."""
-    from .spec import _attention_params, ffn_params
+    from .spec import _attention_params, _router_params, ffn_params
 
     attention = _attention_params(m)
     dense = ffn_params(m, m.d_ff) if m.n_moe_layers < m.n_layers else 0
     moe = 0
     if m.is_moe:
-        moe = m.d_model * m.n_experts + (m.n_experts if m.router_bias else 0) \
+        moe = _router_params(m) \
             + (m.n_experts + m.n_shared_experts) * ffn_params(m, m.d_ff_expert)
     return attention + max(dense, moe)
 

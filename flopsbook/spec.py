@@ -390,6 +390,11 @@ def _attention_params(m: Transformer) -> int:
     return attn
 
 
+def _router_params(m: Transformer) -> int:
+    """Parameters of one MoE layer's router: a d_model x n_experts matrix (and its bias)."""
+    return m.d_model * m.n_experts + (m.n_experts if m.router_bias else 0)
+
+
 def _layer_norm_params(m: Transformer) -> int:
     """Norm parameters of one layer: the block's norms, MLA's latent norms, q/k norms."""
     n = (4 if m.post_norms else 2) * _norm_params(m)
@@ -431,7 +436,7 @@ def param_breakdown(m) -> dict[str, int]:
         "output_embedding": 0 if m.tied_embeddings else m.vocab_size * d,
         "attention": L * _attention_params(m),
         "ffn": n_dense * ffn_params(m, m.d_ff) + n_moe * m.n_shared_experts * expert,
-        "router": n_moe * (d * m.n_experts + (m.n_experts if m.router_bias else 0)),
+        "router": n_moe * _router_params(m),
         "experts": n_moe * m.n_experts * expert,
         "norms": L * _layer_norm_params(m) + _norm_params(m),
         "extra": m.extra_params,
