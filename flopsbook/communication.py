@@ -133,6 +133,16 @@ def _link(hw, name, which):
     return value
 
 
+def _registry_hardware(value, name):
+    """``value`` as a :class:`Hardware` if it is one or names one, else None (a number or text
+    that the caller reads as a quantity; a misspelt name is told its closest names there)."""
+    from .registry import _HARDWARE, Hardware
+
+    if isinstance(value, Hardware) or (isinstance(value, str) and value.strip() in _HARDWARE):
+        return as_hardware(value.strip() if isinstance(value, str) else value, name)
+    return None
+
+
 def _alpha_beta(kind, n_bytes, n, bandwidth, latency, algorithm):
     return collective_steps(kind, n, algorithm=algorithm) * latency \
         + collective_bytes(kind, n_bytes, n, algorithm=algorithm) / bandwidth
@@ -195,33 +205,18 @@ def collective_time(kind, n_bytes, n_devices, hardware_or_bandwidth, *, latency=
     n = as_array("n_devices", n_devices, integer=True, kind="count")
     hierarchical = as_bool("hierarchical", hierarchical)
     alpha = None if latency is None else as_array("latency", latency, allow_zero=True)
-    from .registry import Hardware
-
-    if not isinstance(hardware_or_bandwidth, (Hardware, str)):
+    r = as_array("rings", rings, integer=True, kind="count")
+    hw = _registry_hardware(hardware_or_bandwidth, "hardware_or_bandwidth")
+    if hw is None:  # a bare bandwidth: one link, no nodes
         bw = as_array("hardware_or_bandwidth", hardware_or_bandwidth, kind="rate")
-        if hierarchical:
-            raise ValueError("hierarchical=True needs a Hardware (or its name): the in-node and "
-                             "across-node links differ")
-        if not (isinstance(rings, (int, np.integer)) and not isinstance(rings, bool)
-                and rings == 1):
-            raise ValueError("rings needs hardware_or_bandwidth to be a Hardware (or its name): "
-                             "the rings leave a node through its network cards")
-        return result(_alpha_beta(kind, b, n, bw, 0.0 if alpha is None else alpha, algorithm))
-    try:
-        hw = as_hardware(hardware_or_bandwidth, "hardware_or_bandwidth")
-    except ValueError:
-        if not isinstance(hardware_or_bandwidth, str):
-            raise
-        bw = as_array("hardware_or_bandwidth", hardware_or_bandwidth, kind="rate")
-        if hierarchical or not (isinstance(rings, (int, np.integer)) and rings == 1):
+        if hierarchical or (r != 1).any():
             raise ValueError("hierarchical and rings need hardware_or_bandwidth to be a "
-                             "Hardware (or its name), not a bare bandwidth") from None
+                             "Hardware (or its name): the in-node and across-node links differ")
         return result(_alpha_beta(kind, b, n, bw, 0.0 if alpha is None else alpha, algorithm))
     p = hw.devices_per_node
     if p is None:
         raise ValueError(f"hardware_or_bandwidth: {hw.name} has no devices_per_node in the "
                          "registry; pass a bandwidth instead")
-    r = as_array("rings", rings, integer=True, kind="count")
     if (r > p).any():
         raise ValueError(f"rings must be at most devices_per_node={p} of {hw.name} (one network "
                          f"card per ring), got {float(r.max()):g}")
@@ -392,12 +387,11 @@ def dp_overlap_tokens(hardware_or_peak, bandwidth=None, *, link="intra", bytes_p
             names the argument.
     """
     from ._validate import as_peak
-    from .registry import Hardware
 
     choice("link", link, LINKS)
     peak = as_peak("hardware_or_peak", hardware_or_peak, dtype)
-    if isinstance(hardware_or_peak, (Hardware, str)) and bandwidth is None:
-        hw = as_hardware(hardware_or_peak, "hardware_or_peak")
+    hw = _registry_hardware(hardware_or_peak, "hardware_or_peak")
+    if hw is not None and bandwidth is None:
         if link == "intra":
             w = _link(hw, "bandwidth", "intra")
         else:
@@ -412,6 +406,8 @@ def dp_overlap_tokens(hardware_or_peak, bandwidth=None, *, link="intra", bytes_p
                              "hardware_or_peak is a number")
         w = as_array("bandwidth", bandwidth, kind="rate")
     b = as_array("bytes_per_value", bytes_per_value)
-    ring = 1.0 if n_devices is None else (lambda n: (n - 1) / n)(
-        as_array("n_devices", n_devices, integer=True, kind="count"))
+    ring = 1.0
+    if n_devices is not None:  # the exact ring factor; None is the large-n limit
+        n = as_array("n_devices", n_devices, integer=True, kind="count")
+        ring = (n - 1) / n
     return result(peak / w * b / 2 * ring)
