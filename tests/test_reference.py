@@ -15,6 +15,8 @@ from flopsbook.reference import (ELEMENTWISE_FLOPS, ReferenceTransformer, causal
                                  count_flops, elementwise, matmul)
 from flopsbook.spec import Transformer, param_count
 
+from gradcheck import assert_gradients_match, batch
+
 REFERENCE_DIR = Path(__file__).parents[1] / "flopsbook" / "reference"
 F64 = 8  # bytes per float64 (and per int64 token id)
 
@@ -40,62 +42,15 @@ CONFIGS = {
 }
 
 
-def batch(m, b, s, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, m.vocab_size, (b, s)), rng.integers(0, m.vocab_size, (b, s))
-
-
 # --------------------------------------------------------------------------------------------
 # Gradients against central finite differences
 # --------------------------------------------------------------------------------------------
 
-# Central differences at eps = 1e-5 carry rounding noise of about 1e-16 * loss / eps ~ 1e-11.
-# Below NOISE both sides are zero: the key bias has an exactly zero gradient (adding the same
-# q.b_k to every score of a row leaves the softmax unchanged).
-NOISE = 1e-9
-
-
-def _rel_err(num, ana):
-    """Relative error of the vectors num and ana (0 when both are within rounding of zero)."""
-    num, ana = np.atleast_1d(num), np.atleast_1d(ana)
-    scale = max(np.linalg.norm(num), np.linalg.norm(ana))
-    return 0.0 if scale < NOISE else np.linalg.norm(num - ana) / scale
-
-
 @pytest.mark.parametrize("name", CONFIGS)
 def test_gradients_match_finite_differences(name):
+    # A random direction checks every entry at once; four single entries besides.
     m = CONFIGS[name]
-    model = ReferenceTransformer(m, seed=3)
-    tokens, targets = batch(m, 2, 5)
-    _, grads = model.train_step(tokens, targets)
-    assert grads.keys() == model.params.keys()
-    rng = np.random.default_rng(0)
-    eps = 1e-5
-
-    def loss_at(name, delta):
-        model.params[name] += delta
-        try:
-            return model.forward(tokens, targets)
-        finally:
-            model.params[name] -= delta
-
-    for pname, p in model.params.items():
-        g = grads[pname]
-        assert g.shape == p.shape
-        # A random direction checks every entry at once: d/dt L(p + t v) = <grad, v>.
-        v = rng.standard_normal(p.shape)
-        v /= np.linalg.norm(v)
-        num = (loss_at(pname, eps * v) - loss_at(pname, -eps * v)) / (2 * eps)
-        assert _rel_err(num, np.sum(g * v)) < 1e-6, (pname, "direction")
-        # ... and a few single entries.
-        nums, anas = [], []
-        for flat in rng.choice(p.size, size=min(4, p.size), replace=False):
-            e = np.zeros(p.size)
-            e[flat] = eps
-            e = e.reshape(p.shape)
-            nums.append((loss_at(pname, e) - loss_at(pname, -e)) / (2 * eps))
-            anas.append(g.flat[flat])
-        assert _rel_err(np.array(nums), np.array(anas)) < 1e-6, (pname, "entries")
+    assert_gradients_match(ReferenceTransformer(m, seed=3), *batch(m, 2, 5), entries=4)
 
 
 def test_recompute_gives_the_same_loss_and_gradients():

@@ -17,6 +17,8 @@ import flopsbook as fb
 from flopsbook.reference import ReferenceTransformer, causal_mask, count_flops
 from flopsbook.spec import Transformer, param_count
 
+from gradcheck import assert_gradients_match, batch
+
 F64 = 8  # bytes per float64
 
 
@@ -62,48 +64,14 @@ CONFIGS = {
 }
 
 
-def batch(m, b, s, seed=1):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, m.vocab_size, (b, s)), rng.integers(0, m.vocab_size, (b, s))
-
-
 # --------------------------------------------------------------------------------------------
 # Gradients against central finite differences
 # --------------------------------------------------------------------------------------------
 
-NOISE = 1e-9  # below it both sides are rounding noise (see tests/test_reference.py)
-
-
-def _rel_err(num, ana):
-    num, ana = np.atleast_1d(num), np.atleast_1d(ana)
-    scale = max(np.linalg.norm(num), np.linalg.norm(ana))
-    return 0.0 if scale < NOISE else np.linalg.norm(num - ana) / scale
-
-
 @pytest.mark.parametrize("name", CONFIGS)
 def test_gradients_match_finite_differences(name):
     m = CONFIGS[name]
-    model = ReferenceTransformer(m, seed=3)
-    tokens, targets = batch(m, 2, 6)
-    _, grads = model.train_step(tokens, targets)
-    assert grads.keys() == model.params.keys()
-    rng = np.random.default_rng(0)
-    eps = 1e-5
-
-    def loss_at(pname, delta):
-        model.params[pname] += delta
-        try:
-            return model.forward(tokens, targets)
-        finally:
-            model.params[pname] -= delta
-
-    for pname, p in model.params.items():
-        g = grads[pname]
-        assert g.shape == p.shape
-        v = rng.standard_normal(p.shape)  # d/dt L(p + t v) = <grad, v>
-        v /= np.linalg.norm(v)
-        num = (loss_at(pname, eps * v) - loss_at(pname, -eps * v)) / (2 * eps)
-        assert _rel_err(num, np.sum(g * v)) < 1e-6, (pname, num, np.sum(g * v))
+    assert_gradients_match(ReferenceTransformer(m, seed=3), *batch(m, 2, 6))
 
 
 def test_every_new_parameter_gets_a_gradient():
