@@ -81,6 +81,17 @@ def formula_cases():
                                                   n_devices=64, recompute="full").total,
         "serving_cost": lambda: fb.serving_cost("llama3-8b", "h100-sxm", batch, context // 1000 + 1,
                                                 2.0, n_devices=8),
+        "tensor_parallel_bytes": lambda: fb.tensor_parallel_bytes(spec, batch, context,
+                                                                  2 ** (m % 4)).total,
+        "pipeline_p2p_bytes": lambda: fb.pipeline_p2p_bytes(spec, batch, context,
+                                                            tensor_parallel=8).total,
+        "pipeline_bubble": lambda: fb.pipeline_bubble(m % 64 + 1, batch, interleave=q % 4 + 1),
+        "pipeline_bubble_time": lambda: fb.pipeline_bubble_time(2 * (m % 32 + 1), 1.0, 2.0 + q,
+                                                                schedule="dualpipe",
+                                                                weight_backward=1.0),
+        "ring_attention_block": lambda: fb.ring_attention_block(flops / 1e4, 4e11).block,
+        "expert_parallel_bytes": lambda: fb.expert_parallel_bytes("deepseek-v3", context,
+                                                                  2 ** (m % 9)).total,
     }
 
 
@@ -123,6 +134,10 @@ def main() -> None:
     losses = np.random.default_rng(0).uniform(1.9, 3.0, 10**4)
     t = best_of(lambda: fb.inference_aware_optimal(losses, 1e12), repeats=3)
     print(f"inference_aware_optimal (exempt): {t * 1e3:.1f} ms for 10^4 configurations")
+    t = best_of(lambda: fb.parallel_layouts("llama3.1-405b", "h100-sxm", 16384, seq_len=8192,
+                                            global_batch_tokens=16 * 2**20), repeats=3)
+    print(f"parallel_layouts (405B on 16,384 H100s): {t:.3f} s (target <= 1 s) "
+          f"{'ok' if t <= 1 else 'SLOW'}")
     for name, fn in formula_cases().items():
         t = best_of(fn)
         target = 1.0 if "<= 1 s" in name else 0.1

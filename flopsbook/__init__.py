@@ -2,7 +2,7 @@
 
 Modules mirror the book's parts: ``spec`` (the model description), ``registry`` (published
 models and accelerators), ``flops``, ``memory``, ``inference``, ``scaling``, ``communication``,
-``units``, and
+``parallelism``, ``units``, and
 ``reference`` (a counting numpy model that the formulas are checked against).
 ``flopsbook.viz`` (plots and calculators) is imported on first use so that ``import flopsbook``
 stays fast.
@@ -19,6 +19,9 @@ from .inference import (critical_batch, decode_step_time, expected_experts, gene
                         kv_cache_bytes, max_batch, serving_cost)
 from .memory import (activation_breakdown, activation_memory, largest_micro_batch,
                      memory_budget, training_memory)
+from .parallelism import (Layout, expert_parallel_bytes, parallel_layouts, pipeline_bubble,
+                          pipeline_bubble_time, pipeline_p2p_bytes, ring_attention_block,
+                          tensor_parallel_bytes)
 from .reference.counter import count_flops
 from .registry import Hardware, hardware, hardwares, model, models
 from .scaling import (ScalingFit, chinchilla_loss, chinchilla_optimal, inference_aware_optimal,
@@ -30,10 +33,10 @@ from .units import (format_bytes, format_count, format_duration, format_flops, f
 __version__ = "0.1.0"
 
 __all__ = [
-    "Hardware", "ScalingFit", "Transformer", "activation_breakdown", "activation_memory",
+    "Hardware", "Layout", "ScalingFit", "Transformer", "activation_breakdown", "activation_memory",
     "chinchilla_loss", "chinchilla_optimal", "collective_bytes", "collective_steps",
     "collective_time", "context_flops_ratio", "count_flops", "data_parallel_bytes",
-    "dp_overlap_tokens",
+    "dp_overlap_tokens", "expert_parallel_bytes",
     "critical_batch", "crossover_seq_len", "decode_step_time", "expected_experts",
     "flops_per_token",
     "format_bytes", "format_count", "format_duration", "format_flops", "format_rate",
@@ -41,9 +44,11 @@ __all__ = [
     "inference_aware_optimal", "kv_cache_bytes", "largest_micro_batch", "layer_flops",
     "linear_attention_flops", "linear_attention_state_bytes",
     "matmul_bytes", "matmul_flops", "max_batch", "memory_budget", "mfu", "model", "models",
+    "parallel_layouts",
     "param_breakdown", "param_count", "parse_bytes", "parse_flop_rate", "parse_quantity",
-    "parse_rate", "roofline_time", "scaling_fit", "scaling_fits", "serving_cost",
-    "tokens_for_loss", "training_flops", "training_memory", "training_time",
+    "parse_rate", "pipeline_bubble", "pipeline_bubble_time", "pipeline_p2p_bytes",
+    "ring_attention_block", "roofline_time", "scaling_fit", "scaling_fits", "serving_cost",
+    "tensor_parallel_bytes", "tokens_for_loss", "training_flops", "training_memory", "training_time",
 ]
 
 _LAZY = {"viz", "reference"}

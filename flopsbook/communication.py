@@ -123,14 +123,38 @@ def collective_steps(kind, n_devices, *, algorithm="ring"):
     return result(2 * (n - 1) if kind == "all-reduce" else n - 1)
 
 
-def _link(hw, name, which):
+def _link(hw, name, which, argument="hardware_or_bandwidth"):
     value = getattr(hw, f"{which}_node_{name}")
     if value is None:
         fix = ("pass latency= (seconds per message)" if name == "latency"
-               else "pass a bandwidth (bytes/s, one direction) instead of the hardware")
-        raise ValueError(f"hardware_or_bandwidth: {hw.name} has no {which}_node_{name} in the "
+               else "pass bandwidth= (bytes/s, one direction)")
+        raise ValueError(f"{argument}: {hw.name} has no {which}_node_{name} in the "
                          f"registry (unknown); {fix}")
     return value
+
+
+def _link_bandwidth(hardware_or_peak, bandwidth, link):
+    """One-direction bytes/s of ``link`` (``LINKS``) of a ``Hardware``, or ``bandwidth`` given.
+
+    ``"node"`` is across nodes with every card of the node at work: the network leg runs at
+    ``devices_per_node`` times one card's share, but every byte still crosses the intra-node
+    link, so the smaller of the two.
+    """
+    choice("link", link, LINKS)
+    hw = _registry_hardware(hardware_or_peak, "hardware_or_peak")
+    if hw is None or bandwidth is not None:
+        if bandwidth is None:
+            raise ValueError("bandwidth is needed (bytes/s, one direction) when "
+                             "hardware_or_peak is a number")
+        return as_array("bandwidth", bandwidth, kind="rate")
+    if link == "intra":
+        return _link(hw, "bandwidth", "intra", "hardware_or_peak")
+    w = _link(hw, "bandwidth", "inter", "hardware_or_peak")
+    if link == "node":
+        if hw.devices_per_node is None:
+            raise ValueError(f"hardware_or_peak: {hw.name} has no devices_per_node")
+        w = min(w * hw.devices_per_node, _link(hw, "bandwidth", "intra", "hardware_or_peak"))
+    return w
 
 
 def _registry_hardware(value, name):
@@ -390,21 +414,7 @@ def dp_overlap_tokens(hardware_or_peak, bandwidth=None, *, link="intra", bytes_p
 
     choice("link", link, LINKS)
     peak = as_peak("hardware_or_peak", hardware_or_peak, dtype)
-    hw = _registry_hardware(hardware_or_peak, "hardware_or_peak")
-    if hw is not None and bandwidth is None:
-        if link == "intra":
-            w = _link(hw, "bandwidth", "intra")
-        else:
-            w = _link(hw, "bandwidth", "inter")
-            if link == "node":
-                if hw.devices_per_node is None:
-                    raise ValueError(f"hardware_or_peak: {hw.name} has no devices_per_node")
-                w = min(w * hw.devices_per_node, _link(hw, "bandwidth", "intra"))
-    else:
-        if bandwidth is None:
-            raise ValueError("bandwidth is needed (bytes/s, one direction) when "
-                             "hardware_or_peak is a number")
-        w = as_array("bandwidth", bandwidth, kind="rate")
+    w = _link_bandwidth(hardware_or_peak, bandwidth, link)
     b = as_array("bytes_per_value", bytes_per_value)
     ring = 1.0
     if n_devices is not None:  # the exact ring factor; None is the large-n limit

@@ -458,49 +458,86 @@ def _buffers(value, others):
     return np.where(b < 1, b * others, b)
 
 
-def _largest_layer_params(m) -> int:
+def _largest_layer_params(m, expert_parallel=1):
     """Matmul weights of the largest layer: the one ZeRO-3 gathers at its peak. An MoE layer
-    holds its router and every expert (plain ZeRO-3 gathers them all; expert parallelism, which
-    avoids it, is a later chapter's)."""
+    holds its router and every expert (plain ZeRO-3 gathers them all), or with expert
+    parallelism its 1/ep of the routed experts."""
     from .spec import _attention_params, _router_params, ffn_params
 
     attention = _attention_params(m)
     dense = ffn_params(m, m.d_ff) if m.n_moe_layers < m.n_layers else 0
     moe = 0
     if m.is_moe:
-        moe = _router_params(m) \
-            + (m.n_experts + m.n_shared_experts) * ffn_params(m, m.d_ff_expert)
-    return attention + max(dense, moe)
+        moe = _router_params(m) + (m.n_experts / expert_parallel + m.n_shared_experts) \
+            * ffn_params(m, m.d_ff_expert)
+    return attention + np.maximum(dense, moe)
+
+
+def _stage_shares(m, pp):
+    """Shares of ``param_count(m)`` held by the first and the last pipeline stage, and the
+    share that is routed experts on each (the same on both).
+
+    A stage holds ceil(L / pp) layers (the busiest, when pp does not divide L); the first also
+    the input embeddings, the last the final norm and the output layer (with tied embeddings a
+    copy of the table, whose gradient the two stages sum). With pp = 1 one stage holds it all.
+    """
+    from .spec import _norm_params, param_breakdown
+
+    parts = param_breakdown(m)
+    total = parts["total"]
+    inputs = parts["token_embedding"] + parts["position_embedding"] + parts["extra"]
+    output = parts["output_embedding"] or parts["token_embedding"]
+    final_norm = _norm_params(m)
+    layers = total - inputs - parts["output_embedding"] - final_norm
+    per_stage = np.ceil(m.n_layers / pp) / m.n_layers
+    whole = pp == 1
+    first = np.where(whole, total, inputs + per_stage * layers) / total
+    last = np.where(whole, total, output + final_norm + per_stage * layers) / total
+    experts = np.where(whole, 1.0, per_stage) * parts["experts"] / total
+    return first, last, experts
 
 
 @formula
 def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimizer="adamw",
                   grad_dtype=None, zero_stage=0, n_devices=1, tensor_parallel=1,
-                  sequence_parallel=False, recompute="none", flash_attention=False,
-                  dropout=True, logits_dtype="fp32", buffers=0.0):
+                  sequence_parallel=False, pipeline_parallel=1, micro_batches_in_flight=None,
+                  context_parallel=1, expert_parallel=1, recompute="none",
+                  flash_attention=False, dropout=True, logits_dtype="fp32", buffers=0.0):
     """Per-device bytes of one training step: will it fit?
 
-    Returns a :class:`~flopsbook.memory.MemoryBudget`. Derived in the chapter "Memory budgets
-    for training". ``n_devices`` is the devices the job spans: the model is split
-    ``tensor_parallel`` ways (which must divide it) and ZeRO's ``zero_stage`` shards the model
-    states over the ``n_devices / tensor_parallel`` data-parallel copies.
+    Returns a :class:`~flopsbook.memory.MemoryBudget`. Derived in the chapters "Memory budgets
+    for training" and "Many devices II". ``n_devices`` is the devices the job spans: the model
+    is split ``tensor_parallel`` (t) ways inside each layer, ``pipeline_parallel`` (p) ways
+    into stages of consecutive layers, each sequence ``context_parallel`` (c) ways, and the
+    rest are data-parallel copies; ZeRO's ``zero_stage`` shards the model states over the
+    n / (t p) devices that hold the same part of the model (data- and context-parallel, as
+    Megatron's distributed optimizer does). With ``expert_parallel`` (e) the routed experts are
+    further split e ways within that group (and ZeRO shards each expert's states over the
+    remaining n / (t p e)).
 
     - Model states from :func:`training_memory` (``n_params`` defaults to ``param_count(m)``;
-      ``precision``, ``optimizer``, ``grad_dtype`` as there), divided by ``tensor_parallel``.
-    - ``gathered_weights``: with ZeRO-3, the (dp - 1)/dp of one layer's working weights that
-      are gathered from the other devices while the layer runs (one layer, no prefetch).
-    - ``activations``: :func:`activation_memory` (16-bit, or fp32 with ``precision="fp32"``;
-      ``dropout=False`` for models trained without it, such as Llama).
+      ``precision``, ``optimizer``, ``grad_dtype`` as there), divided by ``tensor_parallel``;
+      with pipeline stages the stage's share (ceil(L / p) layers, plus the embeddings on the
+      first stage and the output layer on the last).
+    - ``gathered_weights``: with ZeRO-3, the part of one layer's working weights (its
+      tensor-parallel and expert-parallel share) that is gathered from the other devices while
+      the layer runs (one layer, no prefetch).
+    - ``activations``: :func:`activation_memory` of the stage's layers for a micro-batch of
+      ``seq_len / context_parallel`` tokens per sequence (Ring Attention holds one block of
+      scores at a time), times the micro-batches in flight: a 1F1B pipeline's first stage holds
+      ``micro_batches_in_flight`` (default p; GPipe holds all m, the last stage one).
     - ``recompute_working_set``: recomputation rebuilds, for the layer being differentiated,
       what it dropped: with full recomputation one whole layer's activations, with selective
       that layer's s^2 tensors (nothing with FlashAttention, which never materialises them).
-    - ``logits``: the b*s*V logits of the output layer, kept in ``logits_dtype`` ("fp32", as a
-      loss computed in fp32 keeps them; "bf16"/"fp16"; or None to leave them out), split over
-      the vocabulary by tensor parallelism.
+    - ``logits``: the b*s*V logits of the output layer (on the last stage), kept in
+      ``logits_dtype`` ("fp32", as a loss computed in fp32 keeps them; "bf16"/"fp16"; or None
+      to leave them out), split over the vocabulary by tensor parallelism.
     - ``buffers``: an allowance for the framework (communication buffers, fragmentation): a
       fraction (0 <= x < 1) of all the other parts, or bytes (x >= 1, or text "2GB").
 
-    Broadcasts over ``batch``, ``seq_len`` and ``n_params``.
+    With pipeline stages the budget is the busier of the first stage (embeddings, most
+    micro-batches in flight) and the last (the output layer and the logits). Broadcasts over
+    ``batch``, ``seq_len``, ``n_params``, ``n_devices`` and the parallel sizes.
 
     Args:
         m (Transformer | str): The model: a :class:`Transformer` or a registry name.
@@ -511,7 +548,7 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
     Keyword Args:
         n_params (float | str | Transformer | array-like | None): Parameters of the model
             states, a count > 0, text such as ``"7B"``, or a model; None (the default) is
-            ``param_count(m)``.
+            ``param_count(m)``. Its stage and expert shares are those of ``m``.
         precision (str): ``"mixed"`` (the default), ``"fp32"`` or ``"bf16"`` (as
             :func:`training_memory`).
         optimizer (str): As :func:`training_memory`; default ``"adamw"``.
@@ -519,10 +556,18 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
         zero_stage (int): ZeRO stage 0 (the default), 1, 2 or 3.
         n_devices (int | str | array-like): The devices the job spans, a whole number > 0.
             Default 1.
-        tensor_parallel (int | str | array-like): Tensor-parallel ways, a whole number > 0 that
-            divides ``n_devices``. Default 1.
+        tensor_parallel (int | str | array-like): Tensor-parallel ways t, a whole number > 0.
+            Default 1.
         sequence_parallel (bool): Sequence parallelism (see :func:`activation_breakdown`).
             Default False.
+        pipeline_parallel (int | str | array-like): Pipeline stages p, a whole number > 0.
+            Default 1.
+        micro_batches_in_flight (int | array-like | None): Micro-batches whose activations the
+            first stage holds at once, > 0; None (the default) is p, the 1F1B schedule's.
+        context_parallel (int | str | array-like): Context-parallel ways c, a whole number > 0
+            dividing ``seq_len``. Default 1.
+        expert_parallel (int | str | array-like): Expert-parallel ways e, a whole number > 0
+            dividing ``n_experts`` and n / (t p); 1 for a dense model. Default 1.
         recompute (str): ``"none"`` (the default), ``"selective"`` or ``"full"``.
         flash_attention (bool): A fused attention kernel (no s^2 tensors). Default False.
         dropout (bool): Whether the model uses dropout. Default True.
@@ -535,9 +580,10 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
         MemoryBudget: Bytes per device, by part.
 
     Raises:
-        ValueError: If ``tensor_parallel`` does not divide ``n_devices``, or any argument is not
-            valid (as for :func:`training_memory` and :func:`activation_memory`); the message
-            names the argument.
+        ValueError: If t p c does not divide ``n_devices``, c does not divide ``seq_len``, e
+            does not divide the experts or n / (t p), or any argument is not valid (as for
+            :func:`training_memory` and :func:`activation_memory`); the message names the
+            argument.
     """
     from ._validate import as_spec
     from .spec import param_count
@@ -548,43 +594,103 @@ def memory_budget(m, batch, seq_len, *, n_params=None, precision="mixed", optimi
     n = as_array("n_params", param_count(m) if n_params is None else n_params, kind="params")
     devices = as_array("n_devices", n_devices, integer=True, kind="count")
     tp = as_array("tensor_parallel", tensor_parallel, integer=True, kind="count")
+    pp = as_array("pipeline_parallel", pipeline_parallel, integer=True, kind="count")
+    cp = as_array("context_parallel", context_parallel, integer=True, kind="count")
+    ep = as_array("expert_parallel", expert_parallel, integer=True, kind="count")
+    in_flight = pp if micro_batches_in_flight is None else as_array(
+        "micro_batches_in_flight", micro_batches_in_flight, integer=True, kind="count")
+    from .parallelism import check_tensor_parallel
+
+    check_tensor_parallel(m, tp, "tensor_parallel")
+    if np.any(pp > m.n_layers):
+        raise ValueError(f"pipeline_parallel={shown(pipeline_parallel)} must be at most the "
+                         f"{m.n_layers} layers of {m.name} (a stage holds at least one)")
+    if micro_batches_in_flight is not None and np.any((pp == 1) & (in_flight != 1)):
+        raise ValueError("micro_batches_in_flight counts a pipeline's micro-batches: with "
+                         "pipeline_parallel=1 one is in flight (accumulated micro-batches "
+                         "free their activations); leave it None")
     if np.any(devices % tp):
         raise ValueError(f"tensor_parallel={shown(tensor_parallel)} must divide "
                          f"n_devices={shown(n_devices)} (the devices the job spans)")
+    if np.any(devices % (tp * pp * cp)):
+        raise ValueError(f"pipeline_parallel={shown(pipeline_parallel)} and context_parallel="
+                         f"{shown(context_parallel)} times tensor_parallel must divide "
+                         f"n_devices={shown(n_devices)}")
+    if np.any(cp != 1) and np.any(s % cp):
+        raise ValueError(f"context_parallel={shown(context_parallel)} must divide "
+                         f"seq_len={shown(seq_len)} (each device takes an equal slice)")
+    shards = devices / (tp * pp)         # the devices holding the same part of the model
+    if not m.is_moe and np.any(ep != 1):
+        raise ValueError(f"expert_parallel={shown(expert_parallel)} needs a mixture of experts; "
+                         f"{m.name} is dense: use 1")
+    if m.is_moe and (np.any(m.n_experts % ep) or np.any(shards % ep)):
+        raise ValueError(f"expert_parallel={shown(expert_parallel)} must divide n_experts="
+                         f"{m.n_experts} and n_devices / (tensor_parallel * pipeline_parallel)")
     choice("recompute", recompute, RECOMPUTE)
+    stage_number = _zero_stage(zero_stage)
     if logits_dtype is not None:
         choice("logits_dtype", logits_dtype, LOGITS_DTYPES)
-    states = training_memory(n / tp, precision=precision, optimizer=optimizer,
-                             grad_dtype=grad_dtype, zero_stage=zero_stage,
-                             n_devices=devices / tp)
+    first_share, last_share, expert_share = _stage_shares(m, pp)
+
+    def states(share):
+        dense = training_memory(n * (share - expert_share) / tp, precision=precision,
+                                optimizer=optimizer, grad_dtype=grad_dtype,
+                                zero_stage=zero_stage, n_devices=shards)
+        if not m.is_moe:
+            return dense
+        experts = training_memory(n * expert_share / (tp * ep), precision=precision,
+                                  optimizer=optimizer, grad_dtype=grad_dtype,
+                                  zero_stage=zero_stage, n_devices=shards / ep)
+        return {f.name: getattr(dense, f.name) + getattr(experts, f.name)
+                for f in fields(dense)}
+
     kw = dict(tensor_parallel=tp, sequence_parallel=sequence_parallel,
               flash_attention=flash_attention, dropout=dropout,
               bytes_per_value=4 if precision == "fp32" else 2)
-    layers = activation_memory(m, b, s, recompute=recompute, **kw)
+    tokens = s if np.all(cp == 1) else s / cp
+    kept = activation_memory(m, b, tokens, recompute=recompute, **kw)   # all layers, one
     working = 0.0
     if recompute != "none":
-        one_layer = activation_memory(m, b, s, **kw) / m.n_layers
+        whole = activation_memory(m, b, tokens, **kw) / m.n_layers
         # Full: the whole layer is rebuilt before its backward (its kept input is counted
         # again, a conservative round-up). Selective: only what it dropped, the s^2 tensors.
-        working = one_layer if recompute == "full" else one_layer - layers / m.n_layers
+        working = whole if recompute == "full" else whole - kept / m.n_layers
+
+    def held(in_flight):
+        """The activations a stage keeps: its layers' share, for each micro-batch in flight."""
+        share = np.ceil(m.n_layers / pp) / m.n_layers * in_flight
+        return kept if np.all(share == 1) else kept * share
     logits = 0.0 if logits_dtype is None else \
-        b * s * m.vocab_size * DTYPE_BYTES[logits_dtype] / tp
+        b * tokens * m.vocab_size * DTYPE_BYTES[logits_dtype] / tp
     gathered = 0.0
-    if int(zero_stage) == 3:
+    if stage_number == 3:
         # Stage 3 keeps 1/dp of every layer; computing a layer needs all of it, so the other
-        # (dp - 1)/dp of one layer's working weights (its share of the tensor-parallel split)
-        # are gathered and held while that layer runs forward or backward.
-        dp = devices / tp
-        layer_params = _largest_layer_params(m)
-        gathered = layer_params / tp * PRECISIONS[precision][0] * (1 - 1 / dp)
-    parts = dict(weights=states.weights, gathered_weights=gathered,
-                 master_weights=states.master_weights,
-                 gradients=states.gradients, optimizer_states=states.optimizer_states,
-                 activations=layers, recompute_working_set=working, logits=logits)
-    others = sum(np.asarray(v, dtype=np.float64) for v in parts.values())
-    parts["buffers"] = _buffers(buffers, others)
-    full = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in parts.values()))
-    return MemoryBudget(**{k: result(v) for k, v in zip(parts, full)})
+        # (dp - 1)/dp of one layer's working weights (its share of the tensor- and
+        # expert-parallel split) are gathered and held while that layer runs.
+        layer_params = _largest_layer_params(m, ep) * n / param_count(m)
+        gathered = layer_params / tp * PRECISIONS[precision][0] * (1 - 1 / shards)
+
+    def stage(share, in_flight, logits):
+        st = states(share)
+        st = st if isinstance(st, dict) else {f.name: getattr(st, f.name) for f in fields(st)}
+        parts = dict(weights=st["weights"], gathered_weights=gathered,
+                     master_weights=st["master_weights"], gradients=st["gradients"],
+                     optimizer_states=st["optimizer_states"],
+                     activations=held(in_flight),
+                     recompute_working_set=working, logits=logits)
+        others = sum(np.asarray(v, dtype=np.float64) for v in parts.values())
+        parts["buffers"] = _buffers(buffers, others)
+        full = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in parts.values()))
+        return dict(zip(parts, full))
+
+    single = pp == 1
+    if np.all(single):
+        first = stage(first_share, in_flight, logits)
+        return MemoryBudget(**{k: result(v) for k, v in first.items()})
+    first = stage(first_share, in_flight, np.where(single, logits, 0.0))
+    last = stage(last_share, 1.0, logits)
+    busier = sum(first.values()) >= sum(last.values())
+    return MemoryBudget(**{k: result(np.where(busier, first[k], last[k])) for k in first})
 
 
 @formula

@@ -36,6 +36,7 @@ VALID = {
     "crossover_seq_len": ((M,), dict(against="layer", causal=True)),
     "decode_step_time": ((M, HW, 8, 1024), dict(kv_bytes_per_value=1, n_devices=2)),
     "expected_experts": ((8, 2, 16), {}),
+    "expert_parallel_bytes": (("mixtral-8x7b", 4096, 4), dict(bytes_per_value=1)),
     "flops_per_token": ((M, 512), dict(training=False, causal=True)),
     "format_bytes": ((1.5e9,), dict(binary=True, digits=4)),
     "format_count": ((1.5e9,), dict(digits=2)),
@@ -61,22 +62,31 @@ VALID = {
     "mfu": ((1e3, 1e9, 2, 1e15), {}),
     "model": ((M,), {}),
     "models": ((), {}),
+    "parallel_layouts": ((M, HW, 8), dict(seq_len=1024, global_batch_tokens=8 * 1024,
+                                          zero_stages=(0, 1), recompute="none", top=3)),
     "param_breakdown": ((M,), {}),
     "param_count": ((M,), dict(embeddings=False, active=True)),
     "parse_bytes": (("80GiB",), {}),
     "parse_flop_rate": (("989 TFLOP/s",), {}),
     "parse_quantity": (("15T",), {}),
     "parse_rate": (("3.35 TB/s",), {}),
+    "pipeline_bubble": ((8, 32), dict(interleave=2, relative_to="step")),
+    "pipeline_bubble_time": ((16, 1.0, 2.0), dict(schedule="dualpipe", weight_backward=1.0,
+                                                  overlapped=2.5)),
+    "pipeline_p2p_bytes": ((M, 2, 128), dict(tensor_parallel=2, sequence_parallel=True)),
+    "ring_attention_block": ((HW,), dict(link="inter")),
     "roofline_time": ((1e12, 1e9, 1e14, 1e12), {}),
     "scaling_fit": (("hoffmann2022",), {}),
     "scaling_fits": ((), {}),
     "serving_cost": ((M, HW, 8, 1024, 2.0), dict(n_devices=2)),
+    "tensor_parallel_bytes": ((M, 2, 128, 4), dict(sequence_parallel=True, bytes_per_value=4)),
     "tokens_for_loss": ((1e9, 2.5), {}),
     "training_flops": ((1e9, 2e10), {}),
     "training_memory": ((1e9,), dict(zero_stage=3, n_devices=8)),
     "training_time": ((1e21, 8, 1e15, 0.4), {}),
 }
-NOT_FORMULAS = {"Hardware", "ScalingFit", "Transformer", "count_flops"}  # classes, a context
+NEEDS_MOE = {"expert_parallel_bytes"}   # refuses a dense model (its VALID call names an MoE)
+NOT_FORMULAS = {"Hardware", "Layout", "ScalingFit", "Transformer", "count_flops"}  # classes, a context
 PUBLIC = sorted(name for name in fb.__all__ if name not in NOT_FORMULAS)
 
 
@@ -139,11 +149,12 @@ def _slots(names):
 
 @pytest.mark.parametrize("fn, slot", _slots(MODEL_ARGS), ids=str)
 def test_a_model_is_a_spec_or_a_name(fn, slot):
-    by_name = call(fn, *replaced(fn, slot, M))
-    by_spec = call(fn, *replaced(fn, slot, fb.model(M)))
+    name = VALID[fn][0][0] if fn in NEEDS_MOE else M
+    by_name = call(fn, *replaced(fn, slot, name))
+    by_spec = call(fn, *replaced(fn, slot, fb.model(name)))
     assert repr(by_name) == repr(by_spec)
     with pytest.raises(ValueError, match=slot[1]):
-        call(fn, *replaced(fn, slot, [M]))
+        call(fn, *replaced(fn, slot, [name]))
     with pytest.raises(ValueError, match=rf"{slot[1]}: unknown model name 'gpt-2'"):
         call(fn, *replaced(fn, slot, "gpt-2"))
 
