@@ -36,7 +36,11 @@ def of(records, kind):
     return [r for r in records if r.kind == kind]
 
 
-FAST = {"xla_backend_optimization_level": 0}
+# LLVM's optimisations shape machine code, not the HLO passes that place and combine
+# collectives: level 0, and XLA CPU's older elemental emitters for the fused loops instead of its
+# MLIR fusion emitters, compile about four times as fast with the same collectives (checked: the
+# collectives of every program below are the same with the defaults) and the same numbers.
+FAST = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +48,11 @@ def programs():
     mesh = xla.mesh(N)
     params = xla.mlp_params(D_MODEL, D_FF, LAYERS)
     x, y = xla.example_batch(32, D_MODEL)
-    reference = jax.jit(xla.reference_step)(params, x, y)
+    reference = jax.jit(xla.reference_step).lower(params, x, y).compile(FAST)(params, x, y)
     out = {}
     for name, step in [("dp", xla.data_parallel_step(mesh)), ("fsdp", xla.fsdp_step(mesh)),
                        ("zero3", xla.zero3_step(mesh)),
                        ("zero3_cse", xla.zero3_step(mesh, keep_remat=False))]:
-        # LLVM's optimisations shape machine code, not the HLO passes that place and combine
-        # collectives: off, the compile is about twice as fast and the collectives the same.
         options = dict(FAST, **({"xla_disable_hlo_passes": "cse_barrier_expander"}
                                 if name == "zero3" else {}))
         compiled = step.lower(params, x, y).compile(options)
@@ -260,6 +262,161 @@ def test_time_collective_names_the_bad_argument(args, arg):
     kwargs = {"repeats": rest[1]} if len(rest) > 1 else {}
     with pytest.raises(ValueError, match=f"^{arg}"):
         xla.time_collective(kind, n_bytes, *rest[:1], **kwargs)
+
+
+# --- Megatron tensor and sequence parallelism of one transformer layer ------------------------
+
+B, S, HEADS, TP = 2, 16, 8, N       # batch, sequence, heads; the layer's d_model, d_ff as above
+ACT = B * S * D_MODEL * F32         # one b x s x d_model float32 activation: 8192 bytes
+SPEC = fb.Transformer(n_layers=1, d_model=D_MODEL, n_heads=HEADS, d_ff=D_FF, vocab_size=256,
+                      seq_len=S, norm="rmsnorm", bias=False, positional="none", ffn="gelu")
+
+
+def numpy_layer(p, x):
+    """The layer again, in float64 numpy, from the parameter layout megatron_layer_params states."""
+    p = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    x = np.asarray(x, np.float64)
+
+    def norm(h, g):
+        return h / np.sqrt(np.mean(h * h, axis=-1, keepdims=True) + 1e-6) * g
+
+    def gelu(u):                    # the tanh approximation (jax.nn.gelu's default)
+        return 0.5 * u * (1 + np.tanh(np.sqrt(2 / np.pi) * (u + 0.044715 * u ** 3)))
+
+    z = norm(x, p["g1"])
+    q, k, v = (np.einsum("bsd,dhk->bshk", z, p["wqkv"][:, i]) for i in range(3))
+    scores = np.einsum("bqhk,bshk->bhqs", q, k) / np.sqrt(q.shape[-1])
+    scores[..., np.triu(np.ones((S, S), bool), 1)] = -np.inf      # no looking ahead
+    weights = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    weights /= weights.sum(axis=-1, keepdims=True)
+    heads = np.einsum("bhqs,bshk->bqhk", weights, v)
+    h = x + np.einsum("bqhk,hkd->bqd", heads, p["wo"])
+    return h + gelu(norm(h, p["g2"]) @ p["w1"]) @ p["w2"]
+
+
+@pytest.fixture(scope="module")
+def megatron():
+    mesh = xla.mesh(TP, xla.TP_AXIS)
+    params = xla.megatron_layer_params(D_MODEL, HEADS, D_FF)
+    x = xla.megatron_example(B, S, D_MODEL)
+    reference = jax.jit(jax.value_and_grad(xla.megatron_loss, argnums=(0, 1)))
+    out = {"reference": (None, reference.lower(params, x).compile(FAST)(params, x))}
+    for name, program in [("tp", xla.megatron_forward(mesh)),
+                          ("tp_step", xla.megatron_train_step(mesh)),
+                          ("sp_jit", xla.megatron_forward(mesh, sequence_parallel=True)),
+                          ("sp", xla.megatron_sequence_parallel_forward(mesh)),
+                          ("sp_step", xla.megatron_sequence_parallel_train_step(mesh))]:
+        compiled = program.lower(params, x).compile(FAST)
+        out[name] = (xla.compiled_collectives(compiled), compiled(params, x))
+    return out, params, x
+
+
+def tp_bytes(sequence_parallel=False):
+    return fb.tensor_parallel_bytes(SPEC, B, S, TP, sequence_parallel=sequence_parallel,
+                                    bytes_per_value=F32)
+
+
+def test_the_megatron_layer_has_the_spec_layer_s_parameters():
+    params = xla.megatron_layer_params(D_MODEL, HEADS, D_FF)
+    assert {k: v.shape for k, v in params.items()} == {
+        "g1": (64,), "wqkv": (64, 3, 8, 8), "wo": (8, 8, 64), "g2": (64,), "w1": (64, 256),
+        "w2": (256, 64)}
+    # 4 d^2 attention + 2 d d_ff FFN + 2 d norm gains, counted by hand: the spec's layer.
+    assert sum(v.size for v in params.values()) == 4 * 64 ** 2 + 2 * 64 * 256 + 2 * 64 == 49_280
+    assert xla.megatron_layer_param_count(D_MODEL, D_FF) == 49_280
+    parts = fb.param_breakdown(SPEC)
+    assert (parts["attention"], parts["ffn"]) == (4 * 64 ** 2, 2 * 64 * 256)
+
+
+@pytest.mark.parametrize("name", ["tp", "sp_jit", "sp"])
+def test_every_sharded_forward_computes_the_unsharded_layer(megatron, name):
+    out, params, x = megatron
+    got = np.asarray(out[name][1])
+    assert got.shape == (B, S, D_MODEL)
+    np.testing.assert_allclose(got, numpy_layer(params, x), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["tp_step", "sp_step"])
+def test_every_sharded_backward_takes_the_unsharded_gradients(megatron, name):
+    out, params, x = megatron
+    ref_loss, (ref_grads, ref_dx) = out["reference"][1]
+    assert float(ref_loss) == pytest.approx(0.5 * np.sum(numpy_layer(params, x) ** 2), rel=1e-5)
+    loss, grads, dx = out[name][1]
+    # sp_step returns each device's share of the loss.
+    assert float(np.sum(np.asarray(loss))) == pytest.approx(float(ref_loss), rel=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for key in ref_grads:
+        np.testing.assert_allclose(np.asarray(grads[key]), np.asarray(ref_grads[key]),
+                                   rtol=1e-4, atol=1e-4, err_msg=key)
+    np.testing.assert_allclose(np.asarray(dx), np.asarray(ref_dx), rtol=1e-4, atol=1e-5)
+
+
+def test_tensor_parallel_forward_all_reduces_once_per_sublayer(megatron):
+    records = megatron[0]["tp"][0]
+    # Megatron's g: the partial sums of the attention's wo and the FFN's w2, b x s x d each.
+    assert [(r.kind, r.operand_shapes, r.n_bytes, r.group_size, r.count) for r in records] == \
+        [("all-reduce", ((B, S, D_MODEL),), ACT, TP, 1)] * 2
+    assert ACT == 8192
+    assert sent(records) == tp_bytes().forward == 2 * 2 * 7 / 8 * 8192 == 28_672
+
+
+def test_tensor_parallel_backward_adds_one_all_reduce_per_sublayer(megatron):
+    records = megatron[0]["tp_step"][0]
+    # The forward's two and, in the backward, Megatron's f: the gradient of each sublayer's
+    # normed input, a partial sum over the devices' heads (one, as QKV is one fused matmul)
+    # or hidden units. Not combined: each waits on the one before it (the loss reads the
+    # output, so even the FFN's backward waits for the forward's last all-reduce).
+    assert [(r.kind, r.operand_shapes, r.n_bytes, r.group_size, r.count) for r in records] == \
+        [("all-reduce", ((B, S, D_MODEL),), ACT, TP, 1)] * 4
+    forward = sent(megatron[0]["tp"][0])
+    assert sent(records) - forward == tp_bytes().backward == 28_672
+    assert sent(records) == tp_bytes().total
+
+
+def test_sequence_parallelism_by_jit_all_gathers_then_all_reduces(megatron):
+    records = megatron[0]["sp_jit"][0]
+    # Before each sublayer the normed token slices are all-gathered along the sequence, as
+    # Megatron does; after it XLA all-reduces the whole partial sum and each device slices out
+    # its tokens: the CPU pipeline has no pass that makes a reduce-scatter of them.
+    assert [(r.kind, r.operand_shapes, r.result_shapes) for r in records] == \
+        [("all-gather", ((B, S // TP, D_MODEL),), ((B, S, D_MODEL),)),
+         ("all-reduce", ((B, S, D_MODEL),), ((B, S, D_MODEL),))] * 2
+    assert {(r.n_bytes, r.group_size, r.count) for r in records} == {(ACT, TP, 1)}
+    # Per sublayer (t-1)/t + 2(t-1)/t = 3 * 7/8 buffers sent, not Megatron's 2 * 7/8: 1.5 times.
+    megatron_sp = tp_bytes(sequence_parallel=True).forward
+    assert sent(records, "all-gather") == 2 * 7 / 8 * 8192 == 14_336
+    assert sent(records, "all-reduce") == 2 * 2 * 7 / 8 * 8192 == 28_672
+    assert sent(records) == 1.5 * megatron_sp == 43_008
+
+
+def test_sequence_parallelism_by_hand_all_gathers_and_reduce_scatters(megatron):
+    records = megatron[0]["sp"][0]
+    assert [(r.kind, r.operand_shapes, r.result_shapes) for r in records] == \
+        [("all-gather", ((B, S // TP, D_MODEL),), ((B, S, D_MODEL),)),
+         ("reduce-scatter", ((B, S, D_MODEL),), ((B, S // TP, D_MODEL),))] * 2
+    assert {(r.n_bytes, r.group_size, r.count) for r in records} == {(ACT, TP, 1)}
+    # (t-1)/t each: together the bytes of the all-reduce they replace.
+    assert sent(records, "all-gather") == sent(records, "reduce-scatter") == 2 * 7 / 8 * 8192
+    assert sent(records) == tp_bytes(sequence_parallel=True).forward == tp_bytes().forward
+
+
+def test_sequence_parallel_backward_swaps_them_and_all_reduces_the_norm_gains(megatron):
+    records = megatron[0]["sp_step"][0]
+    gathers, scatters = of(records, "all-gather"), of(records, "reduce-scatter")
+    # Forward 2 + backward 2 of each kind: an all-gather's transpose is a reduce-scatter and
+    # the other way round, all of one b x s x d buffer.
+    assert len(gathers) == len(scatters) == 4
+    assert {(r.n_bytes, r.group_size, r.count) for r in gathers + scatters} == {(ACT, TP, 1)}
+    # The two gains saw only this device's tokens: their gradients (reduced over batch and
+    # tokens to 1 x 1 x d_model) are summed over the devices, in one combined all-reduce.
+    [gains] = of(records, "all-reduce")
+    assert gains.operand_shapes == ((1, 1, D_MODEL),) * 2 and gains.group_size == TP
+    assert gains.n_bytes == 2 * D_MODEL * F32 == 512
+    assert {r.kind for r in records} == {"all-gather", "reduce-scatter", "all-reduce"}
+    sp = tp_bytes(sequence_parallel=True)
+    assert sent(records) - sent(megatron[0]["sp"][0]) == sp.backward
+    assert sp.backward - sp.forward == fb.collective_bytes("all-reduce", 512, TP) == 896
+    assert sent(records) == sp.total == 58_240
 
 
 def test_importing_flopsbook_does_not_import_jax():

@@ -20,6 +20,20 @@ The three programs (the model is :func:`mlp_params`, a stack of pre-norm MLP blo
 - :func:`zero3_step`: ZeRO-3 by hand under ``jax.shard_map``: ``all_gather`` per layer in the
   forward, ``jax.checkpoint`` so the backward gathers again, ``psum_scatter`` of the gradients.
 
+And one transformer layer under Megatron tensor parallelism (:func:`megatron_layer_params`,
+weights laid out by :func:`megatron_param_specs` over a mesh axis ``"model"``), held against
+``flopsbook.tensor_parallel_bytes``:
+
+- :func:`megatron_forward` and :func:`megatron_train_step`: the weights sharded by ``jax.jit``
+  shardings, the partitioner placing the all-reduces (Megatron's g after each sublayer, and f
+  for each sublayer's input gradient in the backward);
+- :func:`megatron_forward` with ``sequence_parallel=True``: the residual stream constrained to
+  be split along the sequence; XLA's CPU pipeline all-gathers before each sublayer but
+  all-reduces (and slices) after it instead of reduce-scattering, 1.5 times Megatron's bytes;
+- :func:`megatron_sequence_parallel_forward` and :func:`megatron_sequence_parallel_train_step`:
+  Megatron's sequence parallelism by hand under ``jax.shard_map``, an explicit ``all_gather``
+  and ``psum_scatter`` per sublayer, exactly Megatron's bytes.
+
 One more CPU substitution, seen while writing this module and not kept as a test (it costs a
 second compile in bf16): the CPU pipeline's all-reduce-promotion pass runs a bf16 all-reduce in
 f32, so 16-bit gradients cost 32-bit traffic on host devices (GPUs and TPUs reduce in bf16).
@@ -38,10 +52,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-__all__ = ["AXIS", "AlphaBeta", "Collective", "compiled_collectives", "cpu_devices",
-           "data_parallel_step", "example_batch", "fit_alpha_beta", "fsdp_step", "mesh",
-           "mlp_loss", "mlp_param_count", "mlp_params", "parse_collectives", "reference_step",
-           "time_collective", "zero3_step"]
+__all__ = ["AXIS", "AlphaBeta", "Collective", "TP_AXIS", "compiled_collectives", "cpu_devices",
+           "data_parallel_step", "example_batch", "fit_alpha_beta", "fsdp_step",
+           "megatron_example", "megatron_forward", "megatron_layer", "megatron_layer_param_count",
+           "megatron_layer_params", "megatron_loss", "megatron_param_specs",
+           "megatron_sequence_parallel_forward", "megatron_sequence_parallel_train_step",
+           "megatron_train_step", "mesh", "mlp_loss", "mlp_param_count", "mlp_params",
+           "parse_collectives", "reference_step", "time_collective", "zero3_step"]
 
 AXIS = "data"
 DEVICE_FLAG = "--xla_force_host_platform_device_count"
@@ -521,6 +538,298 @@ def zero3_step(mesh, lr=0.1, *, keep_remat=True):
                            out_specs=(P(axis), P()), check_vma=False)
     options = {"xla_disable_hlo_passes": "cse_barrier_expander"} if keep_remat else None
     return jax.jit(mapped, compiler_options=options)
+
+
+# --- Megatron tensor parallelism: one transformer layer --------------------------------------
+
+TP_AXIS = "model"
+
+
+def megatron_layer_param_count(d_model=64, d_ff=256):
+    """Parameters of :func:`megatron_layer_params`: ``4 d_model^2 + 2 d_model d_ff + 2 d_model``.
+
+    The fused query/key/value projection (3 d_model^2), the output projection (d_model^2), the
+    FFN's two matrices (2 d_model d_ff) and the two RMSNorm gains (2 d_model); no biases.
+
+    Raises:
+        ValueError: If a size is not a whole number > 0.
+    """
+    d, f = (_positive_int(k, v) for k, v in (("d_model", d_model), ("d_ff", d_ff)))
+    return 4 * d * d + 2 * d * f + 2 * d
+
+
+def megatron_layer_params(d_model=64, n_heads=8, d_ff=256, *, seed=0, dtype=np.float32):
+    """Seeded parameters of one pre-norm transformer layer with no biases (a dict of numpy arrays).
+
+    Keys:
+
+    - ``g1``, ``g2`` (d_model,): the RMSNorm gains before the attention and before the FFN;
+    - ``wqkv`` (d_model, 3, n_heads, d_head): the query, key and value projections fused into
+      one matrix, head by head, as Megatron's ``query_key_value`` is (one matmul, so its
+      backward is ONE partial sum to all-reduce; see :func:`megatron_train_step`);
+    - ``wo`` (n_heads, d_head, d_model): the attention's output projection;
+    - ``w1`` (d_model, d_ff), ``w2`` (d_ff, d_model): the GELU FFN.
+
+    :func:`megatron_layer` reads the number of heads back from the shapes, so the same code
+    runs on one device's shard of the heads under ``shard_map``. To shard over t devices
+    (:func:`megatron_param_specs`), n_heads and d_ff must be multiples of t.
+
+    Args:
+        d_model (int): Model width, a multiple of ``n_heads``. Default 64.
+        n_heads (int): Attention heads (d_head = d_model / n_heads). Default 8.
+        d_ff (int): FFN hidden width. Default 256.
+
+    Keyword Args:
+        seed (int): Seed of the numpy generator. Default 0.
+        dtype: numpy dtype of the arrays. Default float32.
+
+    Returns:
+        dict[str, numpy.ndarray]: The parameters, ``megatron_layer_param_count`` values in all.
+
+    Raises:
+        ValueError: If a size is not a whole number > 0, or ``n_heads`` does not divide
+            ``d_model``.
+    """
+    megatron_layer_param_count(d_model, d_ff)  # validates the sizes
+    h = _positive_int("n_heads", n_heads)
+    if d_model % h:
+        raise ValueError(f"n_heads={h} must divide d_model={d_model}")
+    d, f, k = d_model, d_ff, d_model // h
+    rng = np.random.default_rng(seed)
+
+    def matrix(shape, fan_in):
+        return (rng.standard_normal(shape) / np.sqrt(fan_in)).astype(dtype)
+
+    return {"g1": (1 + 0.1 * rng.standard_normal(d)).astype(dtype),
+            "wqkv": matrix((d, 3, h, k), d), "wo": matrix((h, k, d), d),
+            "g2": (1 + 0.1 * rng.standard_normal(d)).astype(dtype),
+            "w1": matrix((d, f), d), "w2": matrix((f, d), f)}
+
+
+def megatron_param_specs(axis=TP_AXIS):
+    """Megatron's layout of :func:`megatron_layer_params` as ``PartitionSpec`` s over ``axis``.
+
+    Column-parallel (split by output columns): ``wqkv`` by heads and ``w1`` by hidden units;
+    row-parallel (split by input rows): ``wo`` by heads and ``w2`` by hidden units; the norm
+    gains replicated. Each sublayer then computes its own heads or hidden units with no
+    communication and ends in a partial sum of ``b x s x d_model`` over the devices.
+    """
+    return {"g1": P(), "wqkv": P(None, None, axis, None), "wo": P(axis, None, None),
+            "g2": P(), "w1": P(None, axis), "w2": P(axis, None)}
+
+
+def _rmsnorm(h, g):
+    return h * jax.lax.rsqrt(jnp.mean(h * h, axis=-1, keepdims=True) + 1e-6) * g
+
+
+def _attention(p, z):
+    q, k, v = jnp.einsum("bsd,dchk->cbshk", z, p["wqkv"])   # one matmul: Megatron's fused QKV
+    s = z.shape[1]
+    scores = jnp.einsum("bqhk,bshk->bhqs", q, k) / math.sqrt(q.shape[-1])
+    scores = jnp.where(np.tril(np.ones((s, s), bool)), scores, -jnp.inf)   # causal
+    o = jnp.einsum("bhqs,bshk->bqhk", jax.nn.softmax(scores, axis=-1), v)
+    return jnp.einsum("bqhk,hkd->bqd", o, p["wo"])
+
+
+def _ffn(p, z):
+    return jax.nn.gelu(z @ p["w1"]) @ p["w2"]
+
+
+def _identity(v):
+    return v
+
+
+def _layer(p, x, enter=_identity, leave=_identity, between=_identity):
+    # enter: on each sublayer's normed input; leave: on its output before the residual add;
+    # between: on the residual stream around the sublayers.
+    x = between(x)
+    h = between(x + leave(_attention(p, enter(_rmsnorm(x, p["g1"])))))
+    return between(h + leave(_ffn(p, enter(_rmsnorm(h, p["g2"])))))
+
+
+def megatron_layer(params, x):
+    """One pre-norm layer: ``h = x + attn(rmsnorm(x))``, ``out = h + ffn(rmsnorm(h))``.
+
+    Multi-head causal self-attention (softmax of ``q k^T / sqrt(d_head)``) and a GELU FFN
+    (tanh approximation, ``jax.nn.gelu``'s default), in ``jax.numpy``. Unsharded on its own;
+    the sharded programs below run this same code.
+
+    Args:
+        params (dict): As :func:`megatron_layer_params` makes them (numpy or JAX arrays).
+        x: The layer's input, (batch, seq_len, d_model).
+
+    Returns:
+        jax.Array: The output, (batch, seq_len, d_model).
+    """
+    return _layer(params, x)
+
+
+def megatron_loss(params, x):
+    """Half the sum of squares of :func:`megatron_layer`'s output (its gradient is the output).
+
+    A loss that reads the output, rather than the output times a fixed tensor, makes the
+    backward pass wait for the forward's last all-reduce: with a fixed tensor the output's
+    gradient does not depend on the output, and XLA's all-reduce combiner (seen while writing
+    this) then merges the FFN's forward all-reduce with the backward's first one into a
+    single tuple-shaped all-reduce, the same bytes in one instruction fewer.
+    """
+    return 0.5 * jnp.sum(megatron_layer(params, x) ** 2)
+
+
+def megatron_example(batch=2, seq_len=16, d_model=64, *, seed=1, dtype=np.float32):
+    """A seeded input for :func:`megatron_layer`: (batch, seq_len, d_model) standard normals.
+
+    Raises:
+        ValueError: If a size is not a whole number > 0.
+    """
+    shape = tuple(_positive_int(k, v) for k, v in
+                  (("batch", batch), ("seq_len", seq_len), ("d_model", d_model)))
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _megatron_shardings(mesh, sequence_parallel):
+    axis = mesh.axis_names[0]
+    params = {k: NamedSharding(mesh, s) for k, s in megatron_param_specs(axis).items()}
+    acts = NamedSharding(mesh, P(None, axis, None) if sequence_parallel else P())
+    return params, acts
+
+
+def megatron_forward(mesh, *, sequence_parallel=False):
+    """The layer's forward pass, sharded by ``jax.jit`` shardings: XLA places the collectives.
+
+    The weights are laid out as :func:`megatron_param_specs`; the residual stream (input,
+    output, and the activations between the sublayers, by ``with_sharding_constraint``) is
+    replicated, or with ``sequence_parallel`` split along the sequence axis.
+
+    What XLA 0.10.2's CPU pipeline emits for 8 devices (``tests/test_xla.py`` holds it):
+
+    - tensor parallel: Megatron's program, one all-reduce of ``b x s x d_model`` after each
+      sublayer (Megatron's g: the partial sums of ``wo`` and ``w2``), 2 (t - 1)/t of the
+      buffer sent per device;
+    - ``sequence_parallel``: an all-gather along the sequence of the normed
+      ``b x s/t x d_model`` slices before each sublayer, as Megatron does (Korthikanti et al.'s
+      g), but after it, where Megatron reduce-scatters (their g-bar), an all-reduce of the whole
+      ``b x s x d_model`` partial sum followed by each device slicing out its tokens (a
+      ``dynamic-slice``): the CPU pipeline has no pass that turns all-reduce + dynamic-slice
+      into a reduce-scatter (the GPU pipeline's ``ReduceScatterCreator`` does). An all-reduce
+      sends 2 (t - 1)/t of its buffer, a reduce-scatter (t - 1)/t, so per sublayer each device
+      sends (t - 1)/t + 2 (t - 1)/t = 3 (t - 1)/t buffers instead of Megatron's 2 (t - 1)/t:
+      1.5 times the bytes (for b, s, d = 2, 16, 64 in float32 and t = 8: 21 504 instead of
+      14 336 bytes per sublayer, 43 008 instead of 28 672 per layer), half as much again as
+      plain tensor parallelism, which it was meant to match.
+      :func:`megatron_sequence_parallel_forward` writes Megatron's program by hand.
+
+    Args:
+        mesh: A one-axis mesh (its axis is the tensor-parallel one).
+
+    Keyword Args:
+        sequence_parallel (bool): Split the residual stream along the sequence. Default False.
+
+    Returns:
+        A jitted ``forward(params, x) -> out``.
+    """
+    params, acts = _megatron_shardings(mesh, sequence_parallel)
+
+    def forward(p, x):
+        return _layer(p, x, between=lambda v: jax.lax.with_sharding_constraint(v, acts))
+
+    return jax.jit(forward, in_shardings=(params, acts), out_shardings=acts)
+
+
+def megatron_train_step(mesh):
+    """Loss and gradients of :func:`megatron_loss`, tensor-parallel by ``jax.jit`` shardings.
+
+    The backward pass of each sublayer ends in the gradient of its normed input, a partial sum
+    over the devices' heads or hidden units (``dz = dqkv wqkv^T`` summed over heads): one more
+    all-reduce of ``b x s x d_model`` per sublayer (Megatron's f), so the step has four, each
+    run once. The gradient of the input ``x`` is returned too (the layer below needs it), and
+    the weights' gradients come out sharded like the weights (the SGD update on them is local).
+
+    Written with separate ``wq``, ``wk``, ``wv`` matrices (seen while writing this, not kept),
+    the partitioner all-reduces each of the three partial products ``dq wq^T``, ``dk wk^T``,
+    ``dv wv^T`` before adding them: a combined all-reduce of three buffers in the attention's
+    backward, 3 times Megatron's bytes there. Fusing QKV, as Megatron does, leaves one.
+
+    Args:
+        mesh: A one-axis mesh.
+
+    Returns:
+        A jitted ``step(params, x) -> (loss, grads, dx)``: ``grads`` a dict like ``params``,
+        ``dx`` the gradient of ``x``.
+    """
+    params, acts = _megatron_shardings(mesh, False)
+
+    def step(p, x):
+        loss, (grads, dx) = jax.value_and_grad(megatron_loss, argnums=(0, 1))(p, x)
+        return loss, grads, dx
+
+    return jax.jit(step, in_shardings=(params, acts), out_shardings=(acts, params, acts))
+
+
+def _sequence_parallel_body(axis):
+    def enter(z):       # g: gather every device's tokens before the sublayer
+        return jax.lax.all_gather(z, axis, axis=1, tiled=True)
+
+    def leave(y):       # g-bar: sum the partial outputs over the devices, keep my tokens
+        return jax.lax.psum_scatter(y, axis, scatter_dimension=1, tiled=True)
+
+    return lambda p, x: _layer(p, x, enter, leave)
+
+
+def megatron_sequence_parallel_forward(mesh):
+    """Megatron's sequence parallelism written by hand under ``jax.shard_map``.
+
+    Each device holds ``x[:, its s/t tokens, :]`` and its shards of the weights
+    (:func:`megatron_param_specs`). Before each sublayer it normalises its own tokens and
+    ``all_gather`` s the normed slices along the sequence (``tiled=True``: b x s x d_model);
+    after it, ``psum_scatter`` (``scatter_dimension=1``, ``tiled=True``) sums the partial
+    outputs over the devices and leaves each its own tokens, for the residual add. XLA compiles
+    exactly one all-gather and one reduce-scatter of a ``b x s x d_model`` buffer per sublayer,
+    (t - 1)/t of it sent per device each: the 2 (t - 1)/t of the all-reduce they replace.
+
+    Args:
+        mesh: A one-axis mesh.
+
+    Returns:
+        A jitted ``forward(params, x) -> out``, ``x`` and ``out`` split along the sequence.
+    """
+    axis = mesh.axis_names[0]
+    seq = P(None, axis, None)
+    return jax.jit(jax.shard_map(_sequence_parallel_body(axis), mesh=mesh,
+                                 in_specs=(megatron_param_specs(axis), seq), out_specs=seq,
+                                 check_vma=True))
+
+
+def megatron_sequence_parallel_train_step(mesh):
+    """Loss and gradients of :func:`megatron_loss` under the by-hand sequence parallelism.
+
+    Differentiating :func:`megatron_sequence_parallel_forward` turns each all-gather into a
+    reduce-scatter and each reduce-scatter into an all-gather (each other's transposes). The
+    norm gains are replicated but every device applies them to its own tokens only, so their
+    gradients are partial sums: ``shard_map``'s replication tracking (``check_vma``) inserts
+    the all-reduce (a ``psum``) of them; XLA combines the two into one all-reduce of
+    2 d_model values, the term ``tensor_parallel_bytes`` adds to the backward with
+    ``sequence_parallel``. Each device's share of the loss comes back on its own (no scalar
+    all-reduce).
+
+    Args:
+        mesh: A one-axis mesh.
+
+    Returns:
+        A jitted ``step(params, x) -> (losses, grads, dx)``: ``losses`` (t,) one share per
+        device (their sum is the loss), ``grads`` sharded like ``params``, ``dx`` like ``x``.
+    """
+    axis = mesh.axis_names[0]
+    seq, specs = P(None, axis, None), megatron_param_specs(axis)
+    body = _sequence_parallel_body(axis)
+
+    def step(p, x):
+        share = lambda p, x: 0.5 * jnp.sum(body(p, x) ** 2)  # noqa: E731
+        loss, (grads, dx) = jax.value_and_grad(share, argnums=(0, 1))(p, x)
+        return loss[None], grads, dx
+
+    return jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(specs, seq),
+                                 out_specs=(P(axis), specs, seq), check_vma=True))
 
 
 # --- timing real collectives ------------------------------------------------------------------
