@@ -108,19 +108,27 @@ def notebook_costs(repeats: int = 2) -> None:
 
     def run(nb) -> float:
         start = time.perf_counter()
-        NotebookClient(nb, timeout=600, kernel_name="python3",
+        # A cell of these notebooks takes seconds; a kernel that stops answering (seen once, on
+        # a loaded machine) is reported, not waited for: these timings print, they never gate.
+        NotebookClient(nb, timeout=120, kernel_name="python3",
                        resources={"metadata": {"path": str(root / "notebooks")}}).execute()
         return time.perf_counter() - start
 
+    targets = {"matmuls": 3.0, "throughput": 3.0}     # the two chapters whose content is measuring
     for path in sorted((root / "notebooks").glob("*.ipynb")):
         full = nbformat.read(path, as_version=4)
         setup = nbformat.read(path, as_version=4)
         # The setup cell is the first hidden one (later hidden cells may use the chapter's names).
         setup.cells = [next(c for c in setup.cells if "remove-cell" in c.metadata.get("tags", []))]
-        t_full = min(run(nbformat.from_dict(full)) for _ in range(repeats))
-        t_setup = min(run(nbformat.from_dict(setup)) for _ in range(repeats))
+        target = targets.get(path.stem, 1.6)
+        try:
+            t_full = min(run(nbformat.from_dict(full)) for _ in range(repeats))
+            t_setup = min(run(nbformat.from_dict(setup)) for _ in range(repeats))
+        except Exception as err:  # noqa: BLE001 -- report any failure to time, go on
+            print(f"{path.stem:>24}: not timed ({type(err).__name__}: {str(err)[:80]})")
+            continue
         print(f"{path.stem:>24}: {t_full:5.2f} s, setup cell alone {t_setup:5.2f} s: "
-              f"{t_full / t_setup:.2f}x (target <= 1.6x)")
+              f"{t_full / t_setup:.2f}x (target <= {target:g}x)")
 
 
 def main() -> None:

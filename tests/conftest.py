@@ -13,3 +13,21 @@ _DEVICES = "--xla_force_host_platform_device_count"
 
 if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}=8".strip()
+
+
+def _skip_rewriting_hypothesis():
+    """pytest marks every module of every installed plugin's distribution for assertion
+    rewriting, hypothesis's 73 included, and where PYTHONDONTWRITEBYTECODE is set (as on the
+    book's machines) it rewrites and recompiles them in every worker at every run: about 1.5 s
+    of a suite that has a 40 s budget. The book's asserts are in tests/, not in hypothesis;
+    its modules import as plain, precompiled modules instead."""
+    import sys
+
+    for finder in sys.meta_path:
+        marked = getattr(finder, "_must_rewrite", None)
+        if isinstance(marked, set):
+            marked -= {name for name in marked if name.split(".")[0] in
+                       ("hypothesis", "_hypothesis_globals")}
+
+
+_skip_rewriting_hypothesis()

@@ -7,16 +7,30 @@ what the textbook algorithm does, the test says what it does instead and why the
 add up (or by how much they do not). ``tests/conftest.py`` sets XLA_FLAGS for 8 devices.
 """
 
+import importlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-jax = pytest.importorskip("jax")
+import flopsbook as fb
 
-import flopsbook as fb  # noqa: E402
-from flopsbook.reference import xla  # noqa: E402
+
+class _OnFirstUse:
+    """A module imported when a test first uses it. pytest-xdist's workers each collect every
+    file, and starting JAX costs about a second and a half: the worker that never runs these
+    tests should not pay it."""
+
+    def __init__(self, name):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+jax = _OnFirstUse("jax")
+xla = _OnFirstUse("flopsbook.reference.xla")
 
 N = 8                       # devices
 D_MODEL, D_FF, LAYERS = 64, 256, 2
