@@ -23,7 +23,8 @@ from .parallelism import (Layout, expert_parallel_bytes, parallel_layouts, pipel
                           pipeline_bubble_time, pipeline_p2p_bytes, ring_attention_block,
                           tensor_parallel_bytes)
 from .reference.counter import count_flops
-from .registry import Hardware, hardware, hardwares, model, models
+from .registry import (Hardware, TrainingRun, hardware, hardwares, model, models,
+                       training_run, training_runs)
 from .scaling import (ScalingFit, chinchilla_loss, chinchilla_optimal, inference_aware_optimal,
                       scaling_fit, scaling_fits, tokens_for_loss)
 from .spec import Transformer, param_breakdown, param_count
@@ -49,9 +50,10 @@ __all__ = [
     "parse_rate", "pipeline_bubble", "pipeline_bubble_time", "pipeline_p2p_bytes",
     "ring_attention_block", "roofline_time", "scaling_fit", "scaling_fits", "serving_cost",
     "tensor_parallel_bytes", "tokens_for_loss", "training_flops", "training_memory", "training_time",
+    "TrainingRun", "training_run", "training_runs",
 ]
 
-_LAZY = {"viz", "reference"}
+_LAZY = {"viz", "reference", "measure"}
 
 
 def __getattr__(name):

@@ -1,7 +1,9 @@
 """Published model configurations and accelerators, each with a key into book/references.bib.
 
 ``model(name)`` and ``hardware(name)`` look one up, ``models()`` and ``hardwares()`` list the
-names, and every formula that takes a model or an accelerator also takes its name. A
+names, and every formula that takes a model or an accelerator also takes its name.
+``training_run(name)`` and ``training_runs()`` are the ledger of published training runs (their
+size, hardware and printed throughput) from which the chapters recompute MFU. A
 :class:`Hardware` holds its memory in bytes, its bandwidth in bytes/s and its dense peaks in
 FLOP/s.
 """
@@ -442,3 +444,385 @@ def hardwares() -> list[str]:
         list[str]: The accelerator names, each accepted wherever a hardware argument is.
     """
     return list(_HARDWARE)
+
+
+# --- Published training runs: the ledger of the chapters' MFU figures -----------------------
+
+_FIGURES = ("tokens_per_second", "device_hours", "days")   # what a wall time is computed from
+
+
+def _scalar(name: str, value, *, kind: str | None = None, integer: bool = False,
+            upper: float | None = None) -> float:
+    arr = as_array(name, value, kind=kind, integer=integer, upper=upper)
+    if arr.ndim:
+        raise ValueError(f"{name} must be one number, got {shown(value)}")
+    return float(arr)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A published training run: its size, its hardware and the throughput figures it printed.
+
+    The ledger of :func:`training_runs` holds every run whose MFU the book computes, each with
+    the numbers typed from its paper (``source``), so that every chapter recomputes the same
+    MFU from the same inputs. Throughput is recorded as printed: any of ``tokens_per_second``
+    (the whole job's average tokens/s), ``device_hours`` (GPU- or chip-hours), ``days`` (wall
+    time) and ``device_flop_rate`` (the achieved FLOP/s per device a paper states, counted with
+    the paper's own numerator); None where the paper prints none.
+
+    The book's MFU convention (:attr:`mfu`) is ``6 * n_params * n_tokens`` over the device-time
+    times ``peak``: the FLOPs the model needs by 6ND (weights only, no attention, no
+    recomputation) over what the devices could have done in the time. ``basis`` says which
+    figure gives the time; by default the first printed of ``tokens_per_second`` (the
+    steady-state rate that papers' own MFUs use), ``device_hours``, ``days``. A run measured by
+    its wall time (GPU-hours, days) includes restarts, downtime and evaluation, so its MFU is
+    lower than a steady-state figure of the same run (PaLM: 45.7% at 238.3K tokens/s, 30% over
+    its chip-hours). :meth:`mfu_from` takes another basis, numerator or peak.
+
+    Attributes:
+        name (str): Ledger name, e.g. ``"palm-540b"``.
+        model (str | None): The registry model (:func:`model`) trained, or None if the registry
+            has none.
+        n_params (float): The N of 6ND: the parameters a token uses (active ones for a mixture
+            of experts), as the paper (or, where said in ``notes``, the book) counts them, > 0.
+        n_tokens (float): Training tokens D, > 0.
+        hardware (str): The registry accelerator (:func:`hardware`).
+        n_devices (int | None): Devices the job spanned, > 0, or None where not printed.
+        tokens_per_second (float | None): The whole job's tokens/s (not per device), > 0.
+        device_flop_rate (float | None): Achieved FLOP/s per device as printed (with the paper's
+            numerator, often counting recomputation), > 0.
+        device_hours (float | None): Device-hours (GPU-hours, chip-hours) as printed, > 0.
+        days (float | None): Wall-clock days as printed, > 0.
+        printed_mfu (float | None): The MFU the paper (or the paper in ``notes``) prints, a
+            fraction in (0, 1].
+        printed_hfu (float | None): The HFU it prints, a fraction in (0, 1].
+        numerator (str): What the paper's own FLOP count includes (of its printed MFU or
+            ``device_flop_rate``), e.g. ``"6N + 12LHQT (attention), no recomputation"``, or
+            that it states none.
+        peak (float | None): The FLOP/s per device the MFU divides by; None (the default) takes
+            the hardware's ``peak_16bit`` (bf16, or fp16 without bf16). Stored as a float.
+        source (str): Key of ``book/references.bib``: the paper the run is from.
+        notes (str): Where each figure comes from, which N is used, what is unverified.
+        basis (str | None): The figure the wall time is computed from: "tokens_per_second",
+            "device_hours" or "days", one the run has; None picks the first printed in that
+            order (and stays None only when none is printed).
+
+    Raises:
+        ValueError: If a field is not valid (a count that is not positive, a fraction above 1, a
+            name not in the registry, a ``basis`` the run does not print); the message names the
+            field (``TrainingRun.n_tokens``, ...).
+    """
+
+    name: str
+    model: str | None
+    n_params: float
+    n_tokens: float
+    hardware: str
+    n_devices: int | None = None
+    tokens_per_second: float | None = None
+    device_flop_rate: float | None = None
+    device_hours: float | None = None
+    days: float | None = None
+    printed_mfu: float | None = None
+    printed_hfu: float | None = None
+    numerator: str = ""
+    peak: float | None = None
+    source: str = ""
+    notes: str = field(default="", compare=False)
+    basis: str | None = None
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen
+        for f in ("name", "numerator", "source", "notes"):
+            if not isinstance(getattr(self, f), str):
+                raise ValueError(f"TrainingRun.{f} must be a str, got {shown(getattr(self, f))}")
+        if not self.name:
+            raise ValueError("TrainingRun.name must not be empty")
+        if self.model is not None:
+            _lookup("model", self.model, _MODELS, "TrainingRun.model")
+        hw = _lookup("hardware", self.hardware, _HARDWARE, "TrainingRun.hardware")
+        set_(self, "n_params", _scalar("TrainingRun.n_params", self.n_params, kind="count"))
+        set_(self, "n_tokens", _scalar("TrainingRun.n_tokens", self.n_tokens, kind="count"))
+        if self.n_devices is not None:
+            set_(self, "n_devices", positive_int("TrainingRun.n_devices", self.n_devices))
+        for f, kind in (("tokens_per_second", "count"), ("device_flop_rate", "flop_rate"),
+                        ("device_hours", "count"), ("days", None)):
+            if getattr(self, f) is not None:
+                set_(self, f, _scalar(f"TrainingRun.{f}", getattr(self, f), kind=kind))
+        for f in ("printed_mfu", "printed_hfu"):
+            if getattr(self, f) is not None:
+                set_(self, f, _scalar(f"TrainingRun.{f}", getattr(self, f), upper=1.0))
+        set_(self, "peak", hw.peak_16bit if self.peak is None else
+             _scalar("TrainingRun.peak", self.peak, kind="flop_rate"))
+        printed = [f for f in _FIGURES if getattr(self, f) is not None]
+        if self.basis is None:
+            set_(self, "basis", printed[0] if printed else None)
+        elif self.basis not in _FIGURES or self.basis not in printed:
+            raise ValueError(f"TrainingRun.basis must be one of the figures this run prints "
+                             f"({', '.join(printed) or 'none'}), got {shown(self.basis)}")
+
+    def _figure(self, basis) -> str:
+        basis = self.basis if basis is None else basis
+        printed = [f for f in _FIGURES if getattr(self, f) is not None]
+        if not printed:
+            raise ValueError(f"training run {self.name!r} prints none of tokens_per_second, "
+                             "device_hours, days: no time to divide by")
+        if basis not in printed:
+            raise ValueError(f"basis must be one of the figures run {self.name!r} prints "
+                             f"({', '.join(printed)}), got {shown(basis)}")
+        return basis
+
+    def _devices(self, figure: str) -> int:
+        if self.n_devices is None:
+            raise ValueError(f"training run {self.name!r}: n_devices is not printed, so its "
+                             f"{figure} give no " + ("wall time" if figure == "device_hours"
+                                                     else "device-time"))
+        return self.n_devices
+
+    def _seconds(self, basis) -> float:
+        figure = self._figure(basis)
+        if figure == "days":
+            return self.days * 86400.0
+        if figure == "tokens_per_second":
+            return self.n_tokens / self.tokens_per_second
+        return self.device_hours * 3600.0 / self._devices(figure)
+
+    def _device_seconds(self, basis) -> float:
+        figure = self._figure(basis)
+        if figure == "device_hours":
+            return self.device_hours * 3600.0
+        return self._seconds(figure) * self._devices(figure)
+
+    @property
+    def seconds(self) -> float:
+        """float: The run's wall time, seconds, from its ``basis``.
+
+        ``device_hours * 3600 / n_devices``, ``days * 86400``, or ``n_tokens /
+        tokens_per_second``.
+
+        Raises:
+            ValueError: If the run prints none of those figures, or (from device-hours) no
+                ``n_devices``; the message names what is missing.
+        """
+        return self._seconds(None)
+
+    @property
+    def device_seconds(self) -> float:
+        """float: Device-seconds of the run (devices x wall time), from its ``basis``.
+
+        ``device_hours * 3600`` needs no device count; the other figures need ``n_devices``.
+
+        Raises:
+            ValueError: As :attr:`seconds`.
+        """
+        return self._device_seconds(None)
+
+    @property
+    def model_flops(self) -> float:
+        """float: The training FLOPs by the book's convention, ``6 * n_params * n_tokens``."""
+        return 6.0 * self.n_params * self.n_tokens
+
+    @property
+    def mfu(self) -> float:
+        """float: The book's MFU of the run, recomputed: 6ND over device-time x peak.
+
+        ``6 * n_params * n_tokens / (seconds * n_devices * peak)``, the time from ``basis``.
+        The numerator is 6N per token (weights only: no attention, no recomputation), which is
+        not always the paper's own (see ``numerator``); :meth:`mfu_from` takes another.
+
+        Raises:
+            ValueError: As :attr:`seconds`, or if the figures imply an MFU above 1.
+        """
+        return self.mfu_from()
+
+    def mfu_from(self, basis: str | None = None, *, flops_per_token=None, peak=None) -> float:
+        """The run's MFU from a chosen figure, numerator or peak.
+
+        ``flops_per_token * n_tokens / (device-seconds * peak)``: with the defaults, :attr:`mfu`.
+
+        Args:
+            basis (str | None): "tokens_per_second", "device_hours" or "days" (one the run
+                prints); None takes the run's ``basis``.
+
+        Keyword Args:
+            flops_per_token (float | str | None): Model FLOPs per token, > 0 (e.g. PaLM's
+                ``6N + 12LHQT``, ``fb.flops_per_token(m)``); None is ``6 * n_params``.
+            peak (float | str | Hardware | None): FLOP/s per device: a number, a text rate, or a
+                :class:`Hardware` or registry name (its ``peak_16bit``); None is the run's
+                ``peak``.
+
+        Returns:
+            float: The utilisation, a fraction in (0, 1].
+
+        Raises:
+            ValueError: If an argument is not valid, the figure is not printed (or needs an
+                ``n_devices`` the run lacks), or the MFU is above 1; the message names it.
+        """
+        from ._validate import as_peak
+
+        fpt = 6.0 * self.n_params if flops_per_token is None else \
+            _scalar("flops_per_token", flops_per_token, kind="count")
+        if peak is None:
+            p = self.peak
+        elif (arr := as_peak("peak", peak)).ndim:
+            raise ValueError(f"peak must be one number, got {shown(peak)}")
+        else:
+            p = float(arr)
+        u = fpt * self.n_tokens / (self._device_seconds(basis) * p)
+        if u > 1 + 1e-6:
+            raise ValueError(f"training run {self.name!r}: implied MFU {u:.3g} is above 1: the "
+                             "figures exceed the devices' peak")
+        return min(u, 1.0)
+
+    @property
+    def flop_rate_mfu(self) -> float | None:
+        """float | None: ``device_flop_rate / peak``: the printed FLOP/s per device over the peak.
+
+        The paper's own numerator (often 8N with recomputation, attention and logits in), not
+        6N: comparable with ``printed_mfu`` or ``printed_hfu`` only where the paper's definition
+        matches. None where the paper prints no ``device_flop_rate``.
+        """
+        return None if self.device_flop_rate is None else self.device_flop_rate / self.peak
+
+
+_RUNS = {r.name: r for r in [
+    TrainingRun(
+        "gpt3-175b", "gpt3-175b", 174.6e9, 300e9, "v100", n_devices=10_000,
+        device_flop_rate=24.6e12, days=14.8, printed_mfu=0.213,
+        numerator="6N ('non-attention model TFLOP/s'), as PaLM computes its 21.3%",
+        source="brown2020gpt3",
+        notes="N = 174.6B and D = 300B from Brown et al. Table D.1 (its 3.14e23 FLOPs is 6ND). "
+              "GPT-3 prints no throughput: the 24.6 TFLOP/s per GPU and the 21.3% MFU are "
+              "PaLM's (chowdhery2022palm, Sec. 4.1: 'based on 24.6 non-attention model TFLOP/s "
+              "per GPU, reported by OpenAI via Patterson et al. (2021)'). The 10,000 V100s and "
+              "14.8 days are Patterson et al.'s (patterson2021carbon; an assumed GPU count; "
+              "secondary, UNVERIFIED here). 24.6 / 125 (the V100's fp16 tensor peak) is 19.7%, not 21.3%: PaLM's "
+              "figure would need a peak of about 115.5 TFLOP/s; unresolved."),
+    TrainingRun(
+        "hyperclova-82b", None, 82e9, 150e9, "a100-80gb", n_devices=1024, days=13.4,
+        numerator="none printed (no MFU or FLOP/s in the paper as quoted)",
+        source="kim2021hyperclova",
+        notes="'It takes 13.4 days to train a model with 82B parameters with 150B tokens' on "
+              "'1,024 A100 GPUs' (128 DGX servers): quoted from the paper via Epoch AI and the "
+              "FLOPs-calculus blog (bahdanau2022flops), UNVERIFIED against the paper itself. "
+              "150B tokens is a checkpoint of a longer run (300B for the released models; a "
+              "560B-token corpus). The A100 variant (40 or 80 GB) is not stated: same peak."),
+    TrainingRun(
+        "mt-nlg-530b", None, 530e9, 270e9, "a100-80gb", n_devices=2240,
+        tokens_per_second=65.43e3, device_flop_rate=126e12, printed_mfu=0.302,
+        numerator="PaLM's 6N + 12LHQT for the 30.2% (29.7% with 6N); the 126 TFLOP/s: "
+                  "Megatron's Eq. 3 (8N with recomputation, plus attention and logits)",
+        source="smith2022megatron",
+        notes="Throughput from PaLM App. B (chowdhery2022palm): '65.43K tokens/second "
+              "(1920x2048/60.1) on 2240 GPUs', 312 TFLOP/s peak, MFU 29.7% without attention, "
+              "30.2% with it (its arithmetic gives 29.77%: PaLM truncates). 126 TFLOP/s per GPU at 60.1 s per iteration is Smith et al. "
+              "Sec. 2.4 as quoted by a secondary source (UNVERIFIED here); Megatron's Eq. 3 "
+              "for this shape reproduces 65.5K tokens/s from it. The 270B tokens and the "
+              "GPUs' memory (40 or 80 GB) are UNVERIFIED; the MFU from tokens/s does not "
+              "depend on D."),
+    TrainingRun(
+        "palm-540b", "palm-540b", 540.35e9, 780e9, "tpu-v4", n_devices=6144,
+        tokens_per_second=238.3e3, device_hours=6144 * 1200 + 3072 * 336,
+        printed_mfu=0.462, printed_hfu=0.578,
+        numerator="6N + 12LHQT (non-causal attention), no rematerialisation; the HFU adds "
+                  "it (4.10 vs 3.28 TFLOPs per token, Table 22)",
+        source="chowdhery2022palm",
+        notes="Sec. 4.1 and App. B: 'average training throughput of 238.3K tokens/sec', 6144 "
+              "TPU v4 at 275 TFLOP/s; 'MFU of PaLM 540B is 45.7% without self-attention or "
+              "46.2% with it' (its arithmetic uses N = 540), HFU 57.8%. N = 540.35B; D = "
+              "780B tokens (Table 22: 2.56e24 FLOPs at 3.28 TFLOPs per token). The chip-hours "
+              "are App. B's '6144 TPU v4 chips for 1200 hours and 3072 TPU v4 chips for 336 "
+              "hours including some downtime and repeated steps': the MFU over them is about "
+              "30% (mfu_from('device_hours')); n_devices is the 6144 of the main phase."),
+    TrainingRun(
+        "opt-175b", None, 175e9, 300e9, "a100-80gb", n_devices=992,
+        device_flop_rate=147e12, device_hours=809_472,
+        numerator="not stated (the 147 TFLOP/s is 'up to', with no FLOP count given)",
+        source="zhang2022opt",
+        notes="Sec. 2.4: 'We trained OPT-175B on 992 80GB A100 GPUs ... utilization of up to "
+              "147 TFLOP/s per GPU' (weights in FP16). D is not stated: 300B is the "
+              "learning-rate schedule's horizon ('over 300B tokens'; the corpus is 180B "
+              "tokens), assumed here; with 180B the MFU would be 0.6x. The 809,472 GPU-hours "
+              "(992 GPUs x 34 days) are LLaMA's Table 15 (touvron2023llama), not OPT's paper. "
+              "147 x 992 x 34 days would be 6ND at D = 408B: the 147 is a peak rate, not an "
+              "average."),
+    TrainingRun(
+        "bloom-176b", None, 176.247e9, 366e9, "a100-80gb", n_devices=384,
+        device_flop_rate=150e12, device_hours=1_082_990,
+        numerator="not stated (Megatron-DeepSpeed's logged TFLOP/s, which count recomputation, "
+                  "attention and logits, is likely; UNVERIFIED)",
+        source="bigscience2022bloom",
+        notes="'About 150 TFLOP per GPU per second' is BigScience's model card; the paper is "
+              "said to print 156 in its best configuration ('half of the theoretical peak'). "
+              "N = 176,247M and D = 366B (Table 3) and '1,082,990 compute hours' on '48 nodes, "
+              "each having 8 NVIDIA A100 80GB GPUs (a total of 384 GPUs)' (Sec. 3.4.1) are "
+              "read from secondary quotes of the paper, UNVERIFIED against it (LLaMA's Table 15 "
+              "gives 1,082,880 GPU-hours for 'BLOOM-175B'). 1,082,990 / 384 is 117.5 days, "
+              "Luccioni et al.'s '118 days' (luccioni2022bloom)."),
+    TrainingRun(
+        "llama-7b", "llama-7b", 6.7e9, 1.0e12, "a100-80gb", device_hours=82_432,
+        numerator="none printed", source="touvron2023llama",
+        notes="N = 6.7B and D = 1.0T from Table 2; 82,432 GPU-hours from Table 15. The GPU "
+              "count of the 7B run is not given."),
+    TrainingRun(
+        "llama-65b", "llama-65b", 65.2e9, 1.4e12, "a100-80gb", n_devices=2048,
+        tokens_per_second=380 * 2048, device_hours=1_022_362, days=21,
+        numerator="none printed", source="touvron2023llama",
+        notes="Sec. 2.4: 'around 380 tokens/sec/GPU on 2048 A100 GPU with 80GB of RAM ... "
+              "1.4T tokens takes approximately 21 days' (tokens_per_second is 380 x 2048); "
+              "N = 65.2B (Table 2); 1,022,362 GPU-hours (Table 15). Selective recomputation "
+              "(saved linear-layer outputs): little recomputed."),
+    TrainingRun(
+        "llama2-70b", "llama2-70b", 70e9, 2.0e12, "a100-80gb", device_hours=1_720_320,
+        numerator="none printed", source="touvron2023llama2",
+        notes="N = 70B as published (the released checkpoint has 68.98B); 2.0T tokens; "
+              "1,720,320 GPU-hours of A100-80GB (Table 2 and the carbon table). The GPU count "
+              "is not given."),
+    TrainingRun(
+        "llama3-405b", "llama3.1-405b", 405e9, 15.6e12, "h100-sxm", n_devices=16_384,
+        device_flop_rate=400e12, device_hours=30.84e6, printed_mfu=0.41,
+        numerator="not printed: 'MFU; Chowdhery et al.' (PaLM's definition, 6N + 12LHQT, "
+                  "presumably); its 3.8e25 FLOPs budget is 6ND",
+        source="grattafiori2024llama3",
+        notes="405B trainable parameters, 15.6T tokens, 3.8e25 FLOPs (Sec. 1). The entry holds "
+              "Table 4's second row (16,384 GPUs, TP 8, PP 16, DP 128, 8,192-token sequences): "
+              "400 TFLOP/s per GPU, 41% BF16 MFU; the others are 8,192 GPUs at 430 (43%) and "
+              "16,384 at 380 with 131,072-token sequences (38%). 400 / 989.4 is 40.4%, printed "
+              "41%. The 30.84M GPU-hours are the Llama 3.1 model card's (meta2024llama31card: "
+              "'total GPU time required for training', on H100-80GB), so they include the "
+              "long-context stages, failures and, presumably, post-training."),
+    TrainingRun(
+        "deepseek-v3", "deepseek-v3", 37_552_282_624, 14.8e12, "h800", n_devices=2048,
+        device_hours=2_664_000,
+        numerator="none printed (the report gives no MFU)", source="deepseekai2024v3",
+        notes="Table 1: 'Pre-Training 2664K' H800 GPU-hours (of 2788K in all, with 119K of "
+              "context extension and 5K of post-training); 14.8T tokens; 2048 H800s (Sec. 3.1). "
+              "N is the book's active count with both embedding tables (param_count(m, "
+              "active=True)), the report's '37B activated'. The GEMMs ran in FP8: against the "
+              "fp8 peak the MFU is half (chapter 'Beyond the dense transformer')."),
+]}
+
+
+def training_run(name: str) -> TrainingRun:
+    """A published training run by name (e.g. ``"palm-540b"``); see ``training_runs()``.
+
+    Args:
+        name (str): A ledger name, exactly as :func:`training_runs` lists it.
+
+    Returns:
+        TrainingRun: The ledger's entry (frozen: the same object on every call).
+
+    Raises:
+        ValueError: If ``name`` is not a str or not a ledger name; the message lists the
+            closest names.
+    """
+    return _lookup("training run", name, _RUNS)
+
+
+def training_runs() -> list[str]:
+    """Names of every published training run in the ledger, oldest first.
+
+    Returns:
+        list[str]: The run names, each accepted by :func:`training_run`.
+    """
+    return list(_RUNS)

@@ -84,9 +84,12 @@ VALID = {
     "training_flops": ((1e9, 2e10), {}),
     "training_memory": ((1e9,), dict(zero_stage=3, n_devices=8)),
     "training_time": ((1e21, 8, 1e15, 0.4), {}),
+    "training_run": (("palm-540b",), {}),
+    "training_runs": ((), {}),
 }
 NEEDS_MOE = {"expert_parallel_bytes"}   # refuses a dense model (its VALID call names an MoE)
-NOT_FORMULAS = {"Hardware", "Layout", "ScalingFit", "Transformer", "count_flops"}  # classes, a context
+NOT_FORMULAS = {"Hardware", "Layout", "ScalingFit", "Transformer", "TrainingRun",
+                "count_flops"}  # classes, a context
 PUBLIC = sorted(name for name in fb.__all__ if name not in NOT_FORMULAS)
 
 

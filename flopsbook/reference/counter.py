@@ -46,6 +46,18 @@ logits are under ``"head"``. Products made outside any ``in_layer`` are under No
 
 Counters nest: a product is recorded by every counter that is open, each with its own causal
 setting.
+
+**Timing** (``with timing(time.perf_counter) as t:``, off by default). While a timer is open,
+every product is timed around its ``np.matmul`` (``t.matmul``, by pass and component), and each
+call of :func:`elementwise` charges its kind with the clock's seconds since the previous
+recorded operation ended (``t.elementwise``, by pass and kind): the reference model records each
+piece of non-matmul work right after computing it, so that is the work's own time (and any small
+reshape or copy made just before it). Time before a product that follows other work (the copies
+that regroup attention heads, for instance), and the counters' own bookkeeping, is charged to
+nothing: ``t.unattributed()``, the block's time less every charge. With no timer open, the cost
+is one test of an empty list per recorded operation. (The clock is an argument, so that the
+reference imports nothing beyond numpy and the spec; ``flopsbook.measure`` passes
+``time.perf_counter``.)
 """
 
 from __future__ import annotations
@@ -119,6 +131,7 @@ ELEMENTWISE_FLOPS = {
 
 _QUERIES = (None, "backward") + PASSES  # what total() and by_component() accept
 _ACTIVE: list["FlopCounter"] = []
+_TIMERS: list["OpTimer"] = []  # open timers (see timing); empty, timing costs one test
 _LAYER: list = [None]  # the layer that products are made in (see in_layer)
 
 
@@ -371,6 +384,96 @@ def count_flops(causal: bool = False):
         _ACTIVE.remove(counter)
 
 
+class OpTimer:
+    """Seconds of the recorded operations of a ``with timing():`` block (see the module
+    docstring for what is charged where).
+
+    Attributes:
+        matmul (dict[tuple[str, str], float]): Seconds inside ``np.matmul``, by (pass,
+            component), passes as for :class:`FlopCounter`'s products.
+        elementwise (dict[tuple[str, str], float]): Seconds charged to non-matmul work, by
+            (pass, kind), passes and kinds as for :class:`FlopCounter`'s other work.
+        clock (Callable[[], float]): The clock, seconds (e.g. ``time.perf_counter``).
+        start (float): The clock when the block began.
+        stop (float | None): ... when it ended (None while it is open).
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.matmul = defaultdict(float)
+        self.elementwise = defaultdict(float)
+        self.start = clock()
+        self.stop = None
+        self._mark = self.start  # when the last recorded operation ended (or the block began)
+
+    def total(self) -> float:
+        """Seconds of the block (so far, while it is open)."""
+        return (self.clock() if self.stop is None else self.stop) - self.start
+
+    def matmul_by_component(self) -> dict[str, float]:
+        """Seconds of the products by component, all passes.
+
+        Returns:
+            dict[str, float]: Seconds by component.
+        """
+        out = defaultdict(float)
+        for (_, component), v in self.matmul.items():
+            out[component] += v
+        return dict(out)
+
+    def elementwise_by_kind(self) -> dict[str, float]:
+        """Seconds charged to non-matmul work by kind, all passes.
+
+        Returns:
+            dict[str, float]: Seconds by kind (softmax, layernorm, ...).
+        """
+        out = defaultdict(float)
+        for (_, kind), v in self.elementwise.items():
+            out[kind] += v
+        return dict(out)
+
+    def unattributed(self) -> float:
+        """Seconds of the block charged to no operation: total less every charge."""
+        return self.total() - sum(self.matmul.values()) - sum(self.elementwise.values())
+
+    def __repr__(self) -> str:
+        return (f"OpTimer(matmul={sum(self.matmul.values()):.4g} s, "
+                f"elementwise={sum(self.elementwise.values()):.4g} s, "
+                f"total={self.total():.4g} s)")
+
+
+def _mark_timers() -> None:
+    for timer in _TIMERS:
+        timer._mark = timer.clock()
+
+
+@contextmanager
+def timing(clock):
+    """Time the recorded operations of a ``with`` block: yields a new :class:`OpTimer`.
+
+    Off unless a block is open: outside one, ``matmul`` and ``elementwise`` only test that no
+    timer is open. Timers nest, like counters. The charging rule is in the docstring of
+    ``flopsbook.reference.counter``.
+
+    Args:
+        clock (Callable[[], float]): Seconds now, e.g. ``time.perf_counter`` (a fake clock in
+            tests).
+
+    Yields:
+        OpTimer: The timer, to read after the block (``matmul``, ``elementwise``,
+        ``total()``, ``unattributed()``).
+    """
+    if not callable(clock):
+        raise ValueError(f"clock must be callable (e.g. time.perf_counter), got {clock!r}")
+    timer = OpTimer(clock)
+    _TIMERS.append(timer)
+    try:
+        yield timer
+    finally:
+        timer.stop = clock()
+        _TIMERS.remove(timer)
+
+
 def current_counters() -> tuple[FlopCounter, ...]:
     return tuple(_ACTIVE)
 
@@ -407,7 +510,13 @@ def matmul(a: np.ndarray, b: np.ndarray, *, component: str = "other",
     ``2 * (batch) * (third size) * (unmasked pairs)``; the others count every pair.
     """
     _check_pass(pass_, PASSES)
-    out = np.matmul(a, b)
+    if _TIMERS:
+        starts = [timer.clock() for timer in _TIMERS]
+        out = np.matmul(a, b)
+        for timer, start in zip(_TIMERS, starts):
+            timer.matmul[(pass_, component)] += timer.clock() - start
+    else:
+        out = np.matmul(a, b)
     m, k, n = a.shape[-2] if a.ndim > 1 else 1, a.shape[-1], b.shape[-1] if b.ndim > 1 else 1
     full = 2 * k * out.size  # each output element is a length-k dot product
     masked = full
@@ -418,6 +527,8 @@ def matmul(a: np.ndarray, b: np.ndarray, *, component: str = "other",
         masked = _masked_count(full, mask)
     for counter in _ACTIVE:
         counter.add(masked if counter.causal else full, component, pass_, _LAYER[0])
+    if _TIMERS:
+        _mark_timers()
     return out
 
 
@@ -427,11 +538,15 @@ def elementwise(kind: str, n_elements: int, pass_: str = "forward",
     ``ELEMENTWISE_FLOPS``). ``mask`` as in :func:`matmul`: causal counters count only the
     unmasked fraction (the softmax of causal attention)."""
     _check_pass(pass_, OTHER_PASSES)
+    for timer in _TIMERS:
+        timer.elementwise[(pass_, kind)] += timer.clock() - timer._mark
     forward, backward = ELEMENTWISE_FLOPS[kind]
     full = int(n_elements) * (backward if pass_ == "backward" else forward)
     masked = _masked_count(full, mask)
     for counter in _ACTIVE:
         counter.add_other(masked if counter.causal else full, kind, pass_)
+    if _TIMERS:
+        _mark_timers()
 
 
 def save_for_backward(layer, name: str, array: np.ndarray, *, stat: bool = False) -> None:

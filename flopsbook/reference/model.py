@@ -214,8 +214,8 @@ def norm_forward(kind, x, gain, bias, pass_):
         rstd = 1.0 / np.sqrt((x ** 2).mean(axis=-1, keepdims=True) + EPS)
         xhat = x * rstd
         stats = {"rstd": rstd}
-    elementwise(kind, x.size, pass_)
     y = xhat * gain
+    elementwise(kind, x.size, pass_)  # after the work it records (counter.timing charges it)
     if bias is not None:
         y = y + bias
         elementwise("bias", y.size, pass_)
@@ -538,8 +538,9 @@ class ReferenceTransformer:
         """RoPE on x (b, s, heads, width) at ``positions``; ``inverse`` turns it back (its
         backward). Counted as "rope" work per element."""
         cos, sin = rope_angles(positions, x.shape[-1])
-        elementwise("rope", x.size, "backward" if inverse else pass_)
-        return rope_rotate(x, cos, -sin if inverse else sin)
+        out = rope_rotate(x, cos, -sin if inverse else sin)
+        elementwise("rope", x.size, "backward" if inverse else pass_)  # after, as norm_forward
+        return out
 
     def _attention_forward(self, i, p, h, positions, pass_, cache=None):
         """Causal (windowed in a local layer) self-attention of h (b, s, d_model); with
