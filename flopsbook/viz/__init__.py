@@ -93,9 +93,11 @@ from .memory import memory_calculator  # noqa: E402
 from .architectures import architectures_calculator, architectures_figure  # noqa: E402
 from .collectives import collectives_calculator, collectives_figure  # noqa: E402
 from .parallelism import parallelism_calculator, parallelism_figure  # noqa: E402
+from .throughput import throughput_calculator, throughput_figure  # noqa: E402
 
 __all__ = ["architectures_calculator", "architectures_figure", "attention_explorer", "collectives_calculator",
            "collectives_figure", "glue",
            "inference_calculator", "matmul_calculator", "memory_calculator",
            "parallelism_calculator", "parallelism_figure", "plain_log_ticks",
-           "registry_notes", "scaling_explorer", "setup", "training_calculator"]
+           "registry_notes", "scaling_explorer", "setup", "throughput_calculator",
+           "throughput_figure", "training_calculator"]
