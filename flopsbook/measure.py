@@ -44,7 +44,7 @@ import numpy as np
 __all__ = ["Bandwidth", "LADDER_BATCH", "LADDER_RUNGS", "LADDER_SIZES", "MatmulPoint", "PARTS",
            "Rung", "StepBreakdown", "Timing", "blas_threads", "ladder_bytes", "matmul_throughput",
            "memory_bandwidth", "mlp_ladder", "set_blas_threads", "step_breakdown", "timed",
-           "triad"]
+           "triad", "differs"]
 
 # The sizes for the chapter: the seed's widths divided by 4 (d_ff = 4 d_model kept) and a batch
 # of 256, mlp_ladder(**LADDER_SIZES, repeats=3): about 2 GFLOP a step, compute-bound, about
@@ -120,6 +120,41 @@ class Timing:
     def __str__(self) -> str:
         return (f"{self.median * 1e3:.3g} ms (median of {self.repeats}, "
                 f"spread {100 * self.spread:.0f}%)")
+
+
+def _range(x) -> tuple[float, float]:
+    if isinstance(x, Timing):
+        return x.low, x.high
+    low, high = (float(v) for v in x)
+    if not low <= high:
+        raise ValueError(f"a range must have low <= high, got {x!r}")
+    return low, high
+
+
+def differs(a, b) -> int:
+    """Whether two timings differ beyond their spread, and which way.
+
+    The runs of each span ``[low, high]`` (fastest to slowest). They differ only when these
+    ranges do not overlap: a conservative test on a loaded machine, where one disturbed run
+    widens a range.
+
+    Args:
+        a (Timing | tuple[float, float]): A timing, or a (low, high) range of seconds.
+        b (Timing | tuple[float, float]): Another.
+
+    Returns:
+        int: -1 if ``a`` is faster (its slowest run beats ``b``'s fastest), 1 if slower (its
+        fastest run is slower than ``b``'s slowest), 0 if the ranges overlap: within the noise.
+
+    Raises:
+        ValueError: If a range is not (low, high) with low <= high.
+    """
+    (a_low, a_high), (b_low, b_high) = _range(a), _range(b)
+    if a_high < b_low:
+        return -1
+    if a_low > b_high:
+        return 1
+    return 0
 
 
 def timed(fn, *, repeats: int = 5, warmup: int = 1) -> Timing:
@@ -283,6 +318,12 @@ class MatmulPoint:
         """float: flops / bytes, FLOP per byte (the roofline's x axis)."""
         return self.flops / self.bytes
 
+    @property
+    def best_rate(self) -> float:
+        """float: flops / timing.low, FLOP/s: the rate of the fastest run (the least disturbed
+        estimate on a loaded machine)."""
+        return self.flops / self.timing.low
+
 
 def matmul_throughput(shapes, *, dtype="float32", repeats: int = 5) -> list[MatmulPoint]:
     """Time ``np.matmul(a, b, out=c)`` for each (m, k, n) in ``shapes``.
@@ -338,6 +379,11 @@ class Bandwidth:
     bytes_moved: int
     rate: float
     n_elements: int = 0
+
+    @property
+    def best_rate(self) -> float:
+        """float: bytes_moved / timing.low, bytes/s: the fastest pass's rate."""
+        return self.bytes_moved / self.timing.low
 
 
 def triad(a: np.ndarray, b: np.ndarray, c: np.ndarray, scalar: float) -> np.ndarray:
@@ -422,6 +468,11 @@ class Rung:
     elementwise_bytes: int
     fraction: float = 1.0
     bytes_by_op: tuple = field(default=(), compare=False)
+
+    @property
+    def best_rate(self) -> float:
+        """float: weight_flops / timing.low, weight-FLOP/s of the fastest run."""
+        return self.weight_flops / self.timing.low
 
     def fraction_of(self, other: "Rung") -> float:
         """This rung's rate as a fraction of ``other``'s.

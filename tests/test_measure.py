@@ -51,6 +51,27 @@ def test_blas_threads_is_a_positive_count_or_none():
 
 # -- matmul and triad ------------------------------------------------------------------------
 
+def test_differs_compares_ranges_not_medians():
+    fast = measure.Timing.from_times([1.0, 1.1, 1.2])
+    slow = measure.Timing.from_times([2.0, 2.5, 3.0])
+    wide = measure.Timing.from_times([0.9, 1.5, 2.4])
+    assert measure.differs(fast, slow) == -1 and measure.differs(slow, fast) == 1
+    assert measure.differs(fast, wide) == 0 and measure.differs(wide, slow) == 0
+    assert measure.differs((1.0, 1.2), (1.3, 1.4)) == -1
+    assert measure.differs(fast, (1.2, 5.0)) == 0                 # touching ranges overlap
+    with pytest.raises(ValueError, match="low <= high"):
+        measure.differs((2.0, 1.0), fast)
+
+
+def test_best_rates_use_the_fastest_run():
+    (p,) = measure.matmul_throughput([(3, 5, 7)], repeats=3)
+    assert p.best_rate == p.flops / p.timing.low >= p.rate
+    bw = measure.memory_bandwidth(24 * 100, repeats=3)
+    assert bw.best_rate == bw.bytes_moved / bw.timing.low >= bw.rate
+    rungs = measure.mlp_ladder(2, d_model=3, d_ff=4, repeats=3)
+    assert all(r.best_rate == r.weight_flops / r.timing.low >= r.rate for r in rungs)
+
+
 def test_matmul_points_count_flops_and_bytes_from_the_shape():
     (p,) = measure.matmul_throughput([(3, 5, 7)], repeats=1)
     assert (p.m, p.k, p.n, p.flops) == (3, 5, 7, 2 * 3 * 5 * 7)

@@ -24,15 +24,31 @@ SEED_A100_LADDER = (
     ("GPT-2 (Hugging Face)", 68.0),
 )
 
-# Which rung of flopsbook.measure.mlp_ladder stands for which of the seed's (None: no analogue).
+# Which of the seed's rows each rung of flopsbook.measure.mlp_ladder stands for, cumulatively
+# (None: no analogue). The seed's order is matmul -> linear fp16 step -> fp32 weights with mixed
+# precision -> + ReLU + residual (on top of the mixed precision) -> GPT-2; ours adds the ReLU,
+# the residual and a layer norm first and the master weights last, so only our last rung (master
+# weights, ReLU, residual, and a layer norm the seed lacks) matches the seed's 185.7 row.
 SEED_RUNG_OF = {
     "matmul": "matmul",
     "linear MLP step": "linear MLP step (fp16)",
     "+ activation": None,
-    "+ residual": "+ ReLU + residual",
+    "+ residual": None,
     "+ layer norm": None,
-    "fp32 weights, fp64 master": "fp32 weights, mixed precision",
+    "fp32 weights, fp64 master": "+ ReLU + residual",
 }
+
+# Like with like: what a change costs on each ladder, as the ratio of the rate after it to the rate
+# before it. Each entry: (the change, our rung before, our rung after, the seed's row before, the
+# seed's row after).
+SEED_STEPS = (
+    ("a training step instead of one matmul", "matmul", "linear MLP step",
+     "matmul", "linear MLP step (fp16)"),
+    ("ReLU and residual", "linear MLP step", "+ residual",
+     "fp32 weights, mixed precision", "+ ReLU + residual"),
+    ("master weights", "+ layer norm", "fp32 weights, fp64 master",
+     "linear MLP step (fp16)", "fp32 weights, mixed precision"),
+)
 
 PART_COLOURS = {"matmuls": "tab:blue", "attention products": "tab:cyan", "softmax": "tab:orange",
                 "norms": "tab:green", "elementwise": "tab:red", "other": "0.6"}
@@ -49,28 +65,41 @@ def seed_fractions() -> dict[str, float]:
 def ladder_table(rungs, large_rate: float) -> str:
     """A Markdown table of a measured ladder (``mlp_ladder``'s rungs) beside the seed's A100.
 
-    Columns: the rung, its median time and spread, its weight-FLOP/s, its fraction of its own
-    matmul rung, its fraction of ``large_rate`` (the large-matmul rate measured on the same
-    machine), and the seed's fraction of 237 for the rung it stands for.
+    Columns: the rung, its fastest time, its median time and spread, its best weight-FLOP/s
+    (weight FLOPs over the fastest run), that as a fraction of its own matmul rung's best rate and
+    of ``large_rate`` (the large-matmul rate measured on the same machine), and the seed's row
+    it stands for (``SEED_RUNG_OF``) with that row's fraction of 237.
     """
     seed = seed_fractions()
-    rows = ["| rung | median time (spread) | weight-FLOP/s | of its matmul | of the large matmul "
-            "| seed's A100 row | seed's fraction of 237 |", "|---|---|---|---|---|---|---|"]
+    top = rungs[0].best_rate
+    rows = ["| rung | fastest time | median (spread) | best weight-FLOP/s | of its matmul "
+            "| of the large matmul | seed's A100 row | seed's fraction of 237 |",
+            "|---|---|---|---|---|---|---|---|"]
     for r in rungs:
         s = SEED_RUNG_OF.get(r.name)
         rows.append(
-            f"| {r.name} | {units.format_duration(r.timing.median)} ({100 * r.timing.spread:.0f}%) "
-            f"| {units.format_flops(r.rate, per_second=True)} | {r.fraction:.0%} "
-            f"| {r.rate / large_rate:.0%} | {s or '—'} | "
+            f"| {r.name} | {units.format_duration(r.timing.low)} "
+            f"| {units.format_duration(r.timing.median)} ({100 * r.timing.spread:.0f}%) "
+            f"| {units.format_flops(r.best_rate, per_second=True)} | {r.best_rate / top:.0%} "
+            f"| {r.best_rate / large_rate:.0%} | {s or '—'} | "
             f"{'—' if s is None else f'{seed[s]:.0%}'} |")
-    rows.append(f"| GPT-2 / the reference transformer | see below | | | | GPT-2 (Hugging Face) | "
+    rows.append(f"| GPT-2 / the reference transformer | see below | | | | | GPT-2 (Hugging Face) | "
                 f"{seed['GPT-2 (Hugging Face)']:.0%} |")
     return "\n".join(rows)
 
 
+def seed_step_ratios(rungs) -> list[tuple[str, float, float]]:
+    """For each change of ``SEED_STEPS``: (the change, our ratio of best rates after/before, the
+    seed's ratio of its printed rates after/before)."""
+    ours = {r.name: r.best_rate for r in rungs}
+    seed = dict(SEED_A100_LADDER)
+    return [(what, ours[a] / ours[b], seed[sa] / seed[sb]) for what, b, a, sb, sa in SEED_STEPS]
+
+
 def knee_figure(points, *, seed_shapes=None, ax=None):
     """Measured matmul rate against the batch dimension ``m`` (``matmul_throughput`` points of
-    one (k, n)), log x axis, with each point's spread as an error bar. ``seed_shapes`` is an
+    one (k, n)), log x axis: each point's fastest run (``best_rate``), an error bar down to its
+    slowest, and its median as a cross. ``seed_shapes`` is an
     optional list of (label, MatmulPoint) drawn as labelled markers. Returns the figure."""
     import matplotlib.pyplot as plt
 
@@ -78,25 +107,28 @@ def knee_figure(points, *, seed_shapes=None, ax=None):
 
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots()
     m = np.array([p.m for p in points])
-    rate = np.array([p.rate for p in points]) / 1e9
-    low = np.array([p.flops / p.timing.high for p in points]) / 1e9
-    high = np.array([p.flops / p.timing.low for p in points]) / 1e9
-    ax.errorbar(m, rate, yerr=[rate - low, high - rate], fmt="o-", capsize=3,
-                label=f"(m x {points[0].k}) @ ({points[0].k} x {points[0].n}), {points[0].dtype}")
+    best = np.array([p.best_rate for p in points]) / 1e9
+    median = np.array([p.rate for p in points]) / 1e9
+    slowest = np.array([p.flops / p.timing.high for p in points]) / 1e9
+    ax.errorbar(m, best, yerr=[best - slowest, 0 * best], fmt="o-", capsize=3,
+                label=f"(m x {points[0].k}) @ ({points[0].k} x {points[0].n}), {points[0].dtype}: "
+                      "fastest run")
+    ax.plot(m, median, "x", color="0.4", label="median run")
     for label, p in seed_shapes or []:
-        ax.plot([p.m], [p.rate / 1e9], "s", ms=7, label=label)
+        ax.plot([p.m], [p.best_rate / 1e9], "s", ms=7, label=label)
     ax.set_xscale("log", base=2)
     plain_log_ticks(ax, "x")
     ax.set_xlabel("batch rows m")
-    ax.set_ylabel("achieved GFLOP/s (median; bars: fastest, slowest)")
+    ax.set_ylabel("achieved GFLOP/s (fastest run; bars down to the slowest)")
     ax.set_ylim(bottom=0)
-    ax.set_title("Matmul throughput against the batch: the knee")
+    ax.set_title("Matmul throughput against the batch")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def ladder_figure(series: dict, labels, *, ax=None, title="The ladder: fraction of the matmul rate"):
+def ladder_figure(series: dict, labels, *, ax=None, title="The ladder: fraction of the matmul rate",
+                  xlabel="weight-FLOP/s as a fraction of the ladder's own matmul rate"):
     """Grouped horizontal bars: for each rung in ``labels``, one bar per entry of ``series``
     (a dict name -> list of fractions, None where a series has no such rung). Returns the
     figure."""
@@ -112,7 +144,7 @@ def ladder_figure(series: dict, labels, *, ax=None, title="The ladder: fraction 
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.axvline(1.0, color="0.3", lw=0.8)
-    ax.set_xlabel("weight-FLOP/s as a fraction of the large-matmul rate")
+    ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -146,20 +178,31 @@ def roofline_figure(ops, ceiling: float, bandwidth: float, *, ax=None,
     return fig
 
 
-def added_time_figure(names, predicted, measured, *, ax=None):
+def added_time_figure(names, predicted, measured, *, within_noise=None, ax=None):
     """Grouped bars, milliseconds: the time each rung adds to the one before, predicted from its
-    bytes over the triad bandwidth and measured (difference of medians, which can be negative
-    where the noise exceeds the effect). Returns the figure."""
+    bytes over the triad bandwidth and measured (difference of the fastest runs, which can be
+    negative where the noise exceeds the effect). ``within_noise`` (booleans, one per rung)
+    draws those measured bars hatched and pale: their rungs' ranges of runs overlap. The title
+    states no verdict. Returns the figure."""
     import matplotlib.pyplot as plt
 
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots()
     x = np.arange(len(names))
+    noise = list(within_noise) if within_noise is not None else [False] * len(names)
     ax.bar(x - 0.2, np.asarray(predicted) * 1e3, 0.4, label="predicted: added bytes / triad bandwidth")
-    ax.bar(x + 0.2, np.asarray(measured) * 1e3, 0.4, label="measured: difference of medians")
+    bars = ax.bar(x + 0.2, np.asarray(measured) * 1e3, 0.4,
+                  label="measured: difference of the fastest runs")
+    for bar, n in zip(bars, noise):
+        if n:
+            bar.set_alpha(0.35)
+            bar.set_hatch("//")
+    if any(noise):
+        ax.bar([np.nan], [0], color="C1", alpha=0.35, hatch="//",
+               label="measured, within the noise (ranges of runs overlap)")
     ax.axhline(0, color="0.3", lw=0.8)
     ax.set_xticks(x, names, fontsize=8, rotation=15)
     ax.set_ylabel("added time, ms")
-    ax.set_title("What each rung adds: bytes predict it", fontsize=10)
+    ax.set_title("What each rung adds: predicted from its bytes, and measured", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -265,8 +308,8 @@ def throughput_figure(k=1600, n=6400, *, devices=("a100-80gb", "h100-sxm", "tpu-
         frac = [predict_matmul(int(x), k, n, name, dtype)["fraction"] for x in m]
         ax.plot(m, frac, label=f"{name} {dtype}, roofline (x {k} x {n})")
     if measured:
-        top = max(p.rate for p in measured)
-        ax.plot([p.m for p in measured], [p.rate / top for p in measured], "ko--",
+        top = max(p.best_rate for p in measured)
+        ax.plot([p.m for p in measured], [p.best_rate / top for p in measured], "ko--",
                 label=f"this CPU, measured (x {measured[0].k} x {measured[0].n}), of its best")
     ax.set_xscale("log", base=2)
     plain_log_ticks(ax, "x")
