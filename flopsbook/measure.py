@@ -125,10 +125,26 @@ class Timing:
 def _range(x) -> tuple[float, float]:
     if isinstance(x, Timing):
         return x.low, x.high
-    low, high = (float(v) for v in x)
-    if not low <= high:
-        raise ValueError(f"a range must have low <= high, got {x!r}")
+    if not isinstance(x, (tuple, list)) or len(x) != 2 or not all(
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            for v in x):
+        raise ValueError(f"a timing must be a Timing or a (low, high) pair of seconds, got "
+                         f"{x!r}")
+    low, high = float(x[0]), float(x[1])
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+        raise ValueError(f"a (low, high) range must have 0 <= low <= high seconds, got {x!r}")
     return low, high
+
+
+# Measurements here are meant to take a second, not a machine: refuse arrays beyond this before
+# allocating them (numpy's own MemoryError comes after the attempt, or not at all with swap).
+MAX_BYTES = 8 * 2**30
+
+
+def _fits(name: str, n_bytes: float) -> None:
+    if n_bytes > MAX_BYTES:
+        raise ValueError(f"{name}: the arrays would take {n_bytes / 2**30:.3g} GiB, above this "
+                         f"module's limit of {MAX_BYTES / 2**30:g} GiB (measure.MAX_BYTES)")
 
 
 def differs(a, b) -> int:
@@ -255,6 +271,9 @@ def blas_threads() -> int | None:
 def set_blas_threads(n: int) -> int | None:
     """Make numpy's BLAS use ``n`` threads from now on (OpenBLAS only).
 
+    More threads than the machine has cores only oversubscribe them, so ``n`` is capped at
+    ``os.cpu_count()`` (OpenBLAS caps it again at the count it was built for).
+
     Args:
         n (int): Threads, >= 1.
 
@@ -265,7 +284,7 @@ def set_blas_threads(n: int) -> int | None:
     Raises:
         ValueError: If ``n`` is not a whole number >= 1.
     """
-    n = _positive_int("n", n)
+    n = min(_positive_int("n", n), os.cpu_count() or 1)
     set_ = _openblas_function("set_num_threads")
     if set_ is None:
         return None
@@ -346,11 +365,17 @@ def matmul_throughput(shapes, *, dtype="float32", repeats: int = 5) -> list[Matm
     """
     dt = _float_dtype(dtype)
     repeats = _positive_int("repeats", repeats)
+    if not isinstance(shapes, (list, tuple)) or not all(isinstance(x, (list, tuple))
+                                                         for x in shapes):
+        raise ValueError(f"shapes must be a list of (m, k, n) triples, e.g. [(1024, 1024, 1024)], "
+                         f"got {shapes!r}")
     checked = []
     for shape in shapes:
-        if len(tuple(shape)) != 3:
+        if len(shape) != 3:
             raise ValueError(f"shapes must hold (m, k, n) triples, got {shape!r}")
-        checked.append(tuple(_positive_int("shapes", v) for v in shape))
+        m, k, n = (_positive_int("shapes", v) for v in shape)
+        _fits("shapes", (m * k + k * n + m * n) * dt.itemsize)
+        checked.append((m, k, n))
     rng = np.random.default_rng(0)
     out = []
     for m, k, n in checked:
@@ -430,6 +455,7 @@ def memory_bandwidth(n_bytes: int = 2**27, *, repeats: int = 5) -> Bandwidth:
         ValueError: If ``n_bytes`` or ``repeats`` is not a whole number in range.
     """
     n_bytes = _positive_int("n_bytes", n_bytes, 24)
+    _fits("n_bytes", n_bytes)
     repeats = _positive_int("repeats", repeats)
     n = n_bytes // 24
     a = np.zeros(n)
@@ -746,6 +772,8 @@ def mlp_ladder(batch: int, *, d_model: int = 1600, d_ff: int = 6400, dtype="floa
     dt = _float_dtype(dtype)
     repeats = _positive_int("repeats", repeats)
     seed = _positive_int("seed", seed, 0)
+    # Weights (two matrices, their gradients, a float64 master) and the batch's activations.
+    _fits("mlp_ladder sizes", 2 * d * f * (2 * dt.itemsize + 8) + 6 * b * (d + f) * dt.itemsize)
     params = _ladder_params(b, d, f, dt, seed)
     x, _, w1, _, _ = params
     names = LADDER_RUNGS if dt == np.float32 else LADDER_RUNGS[:-1]

@@ -388,8 +388,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT),
                         help=f"the JSON file to write (default: {DEFAULT_OUT}, where the "
                              "chapter 'Measured throughput' reads it)")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed runs of each measurement (default 5; the median is reported)")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed runs before them (default 2)")
     parser.add_argument("--quick", action="store_true", help="fewer matmul shapes")
     parser.add_argument("--no-gpt2", action="store_true", help="skip the GPT-2-like step")
     args = parser.parse_args(argv)

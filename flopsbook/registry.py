@@ -560,6 +560,22 @@ class TrainingRun:
         elif self.basis not in _FIGURES or self.basis not in printed:
             raise ValueError(f"TrainingRun.basis must be one of the figures this run prints "
                              f"({', '.join(printed) or 'none'}), got {shown(self.basis)}")
+        if self.device_flop_rate is not None and self.device_flop_rate > self.peak * (1 + 1e-9):
+            raise ValueError(f"TrainingRun.device_flop_rate {self.device_flop_rate:.4g} FLOP/s is "
+                             f"above the peak {self.peak:.4g} FLOP/s it is measured against")
+        # Each time figure must describe a possible run (6ND no faster than the peak), and two
+        # figures of one run must roughly agree: papers' steady-state rates and whole-run hours
+        # differ (PaLM: 1.5x), a typo of a unit or a digit does not stay within 3x.
+        usable = [f for f in printed if f == "device_hours" or self.n_devices is not None]
+        seconds = {f: self._device_seconds(f) for f in usable}
+        for f, t in seconds.items():
+            if self.model_flops / (t * self.peak) > 1 + 1e-9:
+                raise ValueError(f"TrainingRun.{f}: with n_params, n_tokens and n_devices it "
+                                 f"implies 6ND faster than the peak (MFU "
+                                 f"{self.model_flops / (t * self.peak):.3g} > 1); check them")
+        if len(seconds) > 1 and max(seconds.values()) > 3 * min(seconds.values()):
+            raise ValueError(f"TrainingRun: the figures {', '.join(seconds)} disagree by more than "
+                             f"3x about the run's device-time; check them (or give one)")
 
     def _figure(self, basis) -> str:
         basis = self.basis if basis is None else basis

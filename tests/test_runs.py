@@ -224,9 +224,22 @@ def test_training_run_is_validated(change, word):
         _run(**change)
 
 
+def test_a_run_s_figures_must_describe_one_possible_run():
+    # 1e9 params, 1e10 tokens: 6e19 FLOPs; on 8 A100s at 312 TFLOP/s that is 6.7 h at peak.
+    with pytest.raises(ValueError, match="disagree by more than 3x"):
+        _run(tokens_per_second=1e3)                      # 116 days against the 1 day printed
+    with pytest.raises(ValueError, match="TrainingRun.days.*faster than the peak"):
+        _run(days=0.1)                                   # 2.4 h: faster than 6.7 h at peak
+    with pytest.raises(ValueError, match="device_flop_rate"):
+        _run(device_flop_rate=400e12)                    # above the A100's 312 TFLOP/s
+    both = _run(tokens_per_second=1e10 / 86400 * 1.5)   # 1.5x faster than its days: kept
+    assert both.mfu_from("days") == _run().mfu and both.mfu == pytest.approx(1.5 * _run().mfu)
+
+
 def test_training_run_reads_text_and_defaults_its_peak():
+    # 6 * 7B * 1M tokens/s over 512 devices at 312 TFLOP/s: MFU 26%; its 40 days: the same run.
     run = _run(n_params="7B", n_tokens="1T", device_flop_rate="150 TFLOP/s", peak="312 TFLOP/s",
-               tokens_per_second="1M")
+               tokens_per_second="1M", n_devices=512, days=12)
     assert (run.n_params, run.n_tokens, run.device_flop_rate, run.peak) == (7e9, 1e12, 150e12,
                                                                             312e12)
     assert run.basis == "tokens_per_second"              # the first printed, before days
