@@ -319,3 +319,21 @@ def test_gpu_registry_names():
     assert measure_gpu.registry_name("NVIDIA H100 PCIe") is None  # other peaks than the SXM
     assert measure_gpu.registry_name("NVIDIA GeForce RTX 4090") is None
 
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda: measure.matmul_throughput((4, 4, 4)), "list of \\(m, k, n\\) triples"),
+    (lambda: measure.matmul_throughput(None), "list of \\(m, k, n\\) triples"),
+    (lambda: measure.matmul_throughput(["abc"]), "list of \\(m, k, n\\) triples"),
+    (lambda: measure.matmul_throughput([(4, 4)]), "triples"),
+    # 3 x 10^12 float32 values: refused before numpy tries to allocate 11 TiB.
+    (lambda: measure.matmul_throughput([(10**6,) * 3]), "GiB, above"),
+    (lambda: measure.memory_bandwidth(2**60), "GiB, above"),
+    (lambda: measure.mlp_ladder(10**9), "GiB, above"),
+    (lambda: measure.differs(None, (0, 1)), "Timing or a \\(low, high\\)"),
+    (lambda: measure.differs((1, 2, 3), (0, 1)), "Timing or a \\(low, high\\)"),
+    (lambda: measure.differs((-5, -1), (0, 1)), "0 <= low <= high"),
+])
+def test_bad_sizes_and_ranges_are_refused_before_any_work(call, word):
+    with pytest.raises(ValueError, match=word):
+        call()
