@@ -50,13 +50,10 @@ def _sequence_parallel_replicated(m) -> float:
     sequence parallelism, computes on its own slice of the tokens: their gradients are partial
     sums and are all-reduced (Megatron marks them ``sequence_parallel``): the block's norms,
     the row-parallel projections' output biases, MLA's latent norms and the MoE router."""
-    from .spec import _norm_params, _router_params
+    from .spec import _layer_norm_params, _router_params
 
-    n = (4 if m.post_norms else 2) * _norm_params(m)
-    if m.is_mla:
-        n += _norm_params(m, m.kv_lora_rank)
-        if m.q_lora_rank is not None:
-            n += _norm_params(m, m.q_lora_rank)
+    # The layer's norms but the q/k norms, which _head_shared counts (all-reduced either way).
+    n = _layer_norm_params(m) - _head_shared(m)
     if m.bias:
         n += 2 * m.d_model                       # the output projection's and the FFN's
     if m.is_moe:
