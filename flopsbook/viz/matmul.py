@@ -3,8 +3,12 @@
 from .. import flops, registry, units
 
 
-def matmul_report(m: int, k: int, n: int, device: str = "a100-80gb", dtype: str = "bf16") -> str:
-    """FLOPs, bytes, arithmetic intensity and roofline time of an (m x k) @ (k x n) product."""
+def predict_matmul(m, k, n, device="h100-sxm", dtype="bf16") -> dict:
+    """The roofline's prediction for an (m x k) @ (k x n) product on a registry accelerator.
+
+    Returns a dict: ``flops`` (2mkn), ``bytes`` (each operand read once, the output written
+    once, in ``dtype``), ``time`` (``roofline_time``), ``rate`` (flops / time), ``fraction``
+    (of the dtype's peak), ``peak`` and ``bound`` ("compute" or "memory")."""
     hw = registry.hardware(device)
     bytes_per_value = 4 if dtype in ("fp32", "tf32") else 1 if dtype in ("fp8", "int8") else 2
     # (tf32 values are stored as fp32; int8 "FLOPs" are integer operations)
@@ -12,12 +16,40 @@ def matmul_report(m: int, k: int, n: int, device: str = "a100-80gb", dtype: str 
     b = flops.matmul_bytes(m, k, n, bytes_per_value)
     peak = hw.peak(dtype)
     t = flops.roofline_time(f, b, peak, hw.bandwidth)
-    bound = "compute" if f / peak >= b / hw.bandwidth else "memory"
+    return {"flops": f, "bytes": b, "time": t, "rate": f / t, "fraction": f / t / peak,
+            "peak": peak, "bound": "compute" if f / peak >= b / hw.bandwidth else "memory"}
+
+
+def matmul_report(m: int, k: int, n: int, device: str = "a100-80gb", dtype: str = "bf16") -> str:
+    """FLOPs, bytes, arithmetic intensity and roofline time of an (m x k) @ (k x n) product."""
+    hw = registry.hardware(device)
+    p = predict_matmul(m, k, n, device, dtype)
     return "\n".join([
-        f"FLOPs: {units.format_flops(f)}   bytes moved (at least): {units.format_bytes(b)}",
-        f"intensity: {f / b:,.1f} FLOPs/byte   {hw.name} balance: {peak / hw.bandwidth:,.0f}",
-        f"time at peak (roofline): {units.format_duration(t)}, {bound}-bound",
+        f"FLOPs: {units.format_flops(p['flops'])}   bytes moved (at least): "
+        f"{units.format_bytes(p['bytes'])}",
+        f"intensity: {p['flops'] / p['bytes']:,.1f} FLOPs/byte   {hw.name} balance: "
+        f"{p['peak'] / hw.bandwidth:,.0f}",
+        f"time at peak (roofline): {units.format_duration(p['time'])}, {p['bound']}-bound",
     ])
+
+
+def device_dtype_widgets(device):
+    """A device dropdown and a dtype dropdown that offers only the dtypes the chosen device has
+    a peak for (a V100 has no bf16), kept in step."""
+    import ipywidgets as w
+
+    hw = w.Dropdown(options=registry.hardwares(), value=device, description="device")
+    dtype = w.Dropdown(options=list(registry.hardware(device).peak_flops), value="bf16",
+                       description="dtype")
+
+    def offer_dtypes(_=None):
+        options = list(registry.hardware(hw.value).peak_flops)
+        keep = dtype.value if dtype.value in options else ("bf16" if "bf16" in options else "fp16")
+        with dtype.hold_trait_notifications():
+            dtype.options, dtype.value = options, keep
+
+    hw.observe(offer_dtypes, names="value")
+    return hw, dtype
 
 
 def matmul_calculator():
@@ -27,17 +59,8 @@ def matmul_calculator():
 
     size = dict(min=1, max=65536, value=4096, step=1)
     m, k, n = (w.BoundedIntText(description=s, **size) for s in ("m", "k", "n"))
-    hw = w.Dropdown(options=registry.hardwares(), value="a100-80gb", description="device")
-    dtype = w.Dropdown(options=list(registry.hardware(hw.value).peak_flops), value="bf16",
-                       description="dtype")
+    hw, dtype = device_dtype_widgets("a100-80gb")
     out = w.Output()
-
-    def offer_dtypes(_=None):
-        # Only the dtypes the chosen device has a peak for (a V100 has no bf16).
-        options = list(registry.hardware(hw.value).peak_flops)
-        keep = dtype.value if dtype.value in options else ("bf16" if "bf16" in options else "fp16")
-        with dtype.hold_trait_notifications():
-            dtype.options, dtype.value = options, keep
 
     def update(_=None):
         out.clear_output()
@@ -47,7 +70,6 @@ def matmul_calculator():
             except ValueError as error:  # e.g. a dtype the device has no peak for
                 print(f"cannot compute: {error}")
 
-    hw.observe(offer_dtypes, names="value")
     for widget in (m, k, n, hw, dtype):
         widget.observe(update, names="value")
     update()

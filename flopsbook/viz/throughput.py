@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import flops, registry, units
+from .. import registry, units
+from .matmul import device_dtype_widgets, predict_matmul
 
 # Seed 004's A100 case study (Bahdanau 2022), as printed, in teraWFLOP/s: the seed's weight-FLOP
 # convention, 6 x batch x weights per training step (2 x m x k x n for the matmul). The
@@ -252,22 +253,6 @@ def gpu_fractions(report: dict, dtype: str = "bf16") -> dict[str, float]:
     return out
 
 
-def predict_matmul(m, k, n, device="h100-sxm", dtype="bf16") -> dict:
-    """The roofline's prediction for an (m x k) @ (k x n) product on a registry accelerator.
-
-    Returns a dict: ``flops`` (2mkn), ``bytes`` (each operand read once, the output written
-    once, in ``dtype``), ``time`` (``roofline_time``), ``rate`` (flops / time), ``fraction``
-    (of the dtype's peak) and ``bound`` ("compute" or "memory")."""
-    hw = registry.hardware(device)
-    bpv = 4 if dtype in ("fp32", "tf32") else 1 if dtype in ("fp8", "int8") else 2
-    f = flops.matmul_flops(m, k, n)
-    b = flops.matmul_bytes(m, k, n, bpv)
-    peak = hw.peak(dtype)
-    t = flops.roofline_time(f, b, peak, hw.bandwidth)
-    return {"flops": f, "bytes": b, "time": t, "rate": f / t, "fraction": f / t / peak,
-            "bound": "compute" if f / peak >= b / hw.bandwidth else "memory"}
-
-
 def throughput_report(m, k, n, *, dtype="float32", device="h100-sxm", device_dtype="bf16",
                       measure_here=True, repeats=3) -> str:
     """The calculator's text: an (m x k) @ (k x n) product measured here with numpy (``dtype``
@@ -333,17 +318,9 @@ def throughput_calculator():
     k = w.BoundedIntText(description="k", value=400, **size)
     n = w.BoundedIntText(description="n", value=1600, **size)
     here = w.Dropdown(options=["float32", "float64"], value="float32", description="numpy")
-    hw = w.Dropdown(options=registry.hardwares(), value="h100-sxm", description="device")
-    dtype = w.Dropdown(options=list(registry.hardware(hw.value).peak_flops), value="bf16",
-                       description="dtype")
+    hw, dtype = device_dtype_widgets("h100-sxm")
     go = w.Button(description="measure and predict")
     out = w.Output()
-
-    def offer_dtypes(_=None):
-        options = list(registry.hardware(hw.value).peak_flops)
-        keep = dtype.value if dtype.value in options else ("bf16" if "bf16" in options else "fp16")
-        with dtype.hold_trait_notifications():
-            dtype.options, dtype.value = options, keep
 
     def update(_=None):
         out.clear_output()
@@ -360,7 +337,6 @@ def throughput_calculator():
             except ValueError as error:
                 print(f"cannot compute: {error}")
 
-    hw.observe(offer_dtypes, names="value")
     go.on_click(update)
     update()
     display(w.VBox([w.HBox([m, k, n]), w.HBox([here, hw, dtype]), go, out]))
