@@ -361,6 +361,19 @@ def tensor_parallel_step(model, tokens, targets, tp, *, sequence_parallel=False)
         # Each device's gradients of the parameters it holds whole, under short names; with
         # SP they are partial sums over its own slice of the tokens.
         whole = [{} for _ in range(t)]
+
+        def through_norm(norm, inputs, stats, dh, residual):
+            """Each device's gradient through a block's norm, added to the residual path's; the
+            norm's own gradients go to ``whole``."""
+            out = []
+            for r in range(t):
+                dn, dgain, dbias = norm_backward(kind, inputs[r], stats[r], lp[f"{norm}.gain"],
+                                                 f"{norm}.bias" in lp, dh[r])
+                whole[r][f"{norm}.gain"] = dgain
+                if dbias is not None:
+                    whole[r][f"{norm}.bias"] = dbias
+                out.append(residual[r] + dn)
+            return out
         # FFN: out = x2 + ffn(norm2(x2)) + bias.
         if "ffn.b_out" in lp or "ffn.b_down" in lp:
             name = "ffn.b_out" if "ffn.b_out" in lp else "ffn.b_down"
@@ -370,14 +383,7 @@ def tensor_parallel_step(model, tokens, targets, tp, *, sequence_parallel=False)
         dh2 = after_sublayer([dev._ffn_backward(dp[r], "ffn", tape["h2"][r], tape["ffn"][r],
                                                 dff[r], device_grads[r], pre)
                               for r in range(t)], label)
-        dx2 = []
-        for r in range(t):
-            dn, dgain, dbias = norm_backward(kind, tape["x2"][r], tape["n2"][r],
-                                             lp["norm2.gain"], "norm2.bias" in lp, dh2[r])
-            whole[r]["norm2.gain"] = dgain
-            if dbias is not None:
-                whole[r]["norm2.bias"] = dbias
-            dx2.append(dxs[r] + dn)
+        dx2 = through_norm("norm2", tape["x2"], tape["n2"], dh2, dxs)
         # Attention: x2 = x + attention(norm1(x)) + b_o.
         if "attn.b_o" in lp:
             for r in range(t):
@@ -386,14 +392,7 @@ def tensor_parallel_step(model, tokens, targets, tp, *, sequence_parallel=False)
         dh1 = after_sublayer([dev._attention_backward(i, dp[r], tape["attn"][r], da[r],
                                                       positions, device_grads[r], pre)
                               for r in range(t)], label)
-        dxs = []
-        for r in range(t):
-            dn, dgain, dbias = norm_backward(kind, tape["x"][r], tape["n1"][r],
-                                             lp["norm1.gain"], "norm1.bias" in lp, dh1[r])
-            whole[r]["norm1.gain"] = dgain
-            if dbias is not None:
-                whole[r]["norm1.bias"] = dbias
-            dxs.append(dx2[r] + dn)
+        dxs = through_norm("norm1", tape["x"], tape["n1"], dh1, dx2)
         names = [n for n in _NORM_PARAMS + _OUTPUT_BIASES if n in whole[0]]
         if sp:
             # Partial sums over the slices: one all-reduce of them all, in a fixed order.
