@@ -243,13 +243,16 @@ def norm_backward(kind, x, stats, gain, has_bias, dy):
     return dx, dgain, dbias
 
 
+# z * z * z, not z ** 3: numpy sends a cube to the general pow(), ten times slower than two
+# products, and the GELUs were most of a small model's training step.
 def gelu(z):
-    return 0.5 * z * (1.0 + np.tanh(GELU_C * (z + GELU_A * z ** 3)))
+    return 0.5 * z * (1.0 + np.tanh(GELU_C * (z + GELU_A * (z * z * z))))
 
 
 def gelu_grad(z):
-    t = np.tanh(GELU_C * (z + GELU_A * z ** 3))
-    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t ** 2) * GELU_C * (1.0 + 3.0 * GELU_A * z ** 2)
+    z2 = z * z
+    t = np.tanh(GELU_C * (z + GELU_A * (z2 * z)))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * z2)
 
 
 def sigmoid(z):

@@ -1,0 +1,1 @@
+"""Small experiments the book runs for real: ``context`` (choosing the training context)."""
