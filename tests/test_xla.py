@@ -26,6 +26,10 @@ class _OnFirstUse:
         self._name = name
 
     def __getattr__(self, attr):
+        # pytest's collection probes every module attribute for fixture markers (names that
+        # start with an underscore); answering those would start JAX in every worker.
+        if attr.startswith("_"):
+            raise AttributeError(attr)
         return getattr(importlib.import_module(self._name), attr)
 
 
