@@ -237,3 +237,15 @@ def test_predicted_best_context_interpolates_and_refuses_to_extrapolate(results)
 def test_cli_check_passes(capsys):
     assert C.main(["--check"]) == 0
     assert "check passed" in capsys.readouterr().out
+
+
+def test_optimal_context_leaves_out_budgets_still_in_warm_up(results):
+    warmup = results["provenance"]["training"]["adam"]["warmup_steps"]
+    for w in C.widths(results):
+        budgets, _, steps = C.grid(results, w, metric="steps")
+        kept = C.comparable_budgets(results, w)
+        for b, row in zip(budgets, steps):
+            assert (b in kept) == bool(not np.isnan(row).any() and row.min() >= warmup)
+        assert list(C.optimal_context(results, w).budgets) == list(kept)
+    with pytest.raises(ValueError, match="min_steps"):
+        C.optimal_context(results, C.widths(results)[0], min_steps=10**6)

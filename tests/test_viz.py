@@ -172,3 +172,76 @@ def test_collectives_report_and_calculator(capsys):
     fig = fb.viz.collectives_figure(hardwares=("h100-sxm",), n_devices=(8,))
     assert len(fig.axes[0].lines) == 1
     plt.close(fig)
+
+
+def _toy_context_results():
+    # Best-context losses set by hand for two widths, three contexts and two budgets: at both
+    # budgets width 16's U bottoms out at s = 16, width 32's at s = 8 (an edge).
+    table = {16: {8: (3.0, 2.6), 16: (2.9, 2.4), 32: (3.1, 2.7)},
+             32: {8: (2.8, 2.3), 16: (2.9, 2.5), 32: (3.0, 2.6)}}
+    runs = []
+    for width, row in table.items():
+        for s, losses in row.items():
+            checkpoints = [{"budget": b, "steps": 10 * (i + 1), "tokens": 2048 * 10 * (i + 1),
+                            "flops": b, "train_loss": loss + 0.3, "best_context_loss": loss,
+                            "curve": [loss] * s}
+                           for i, (b, loss) in enumerate(zip((1e9, 1e10), losses))]
+            runs.append({"width": width, "context": s, "kind": "long", "checkpoints": checkpoints,
+                         "step_flops": 1.0, "n_params": 0, "curve_beyond": [losses[-1]] * (4 * s)})
+    # a warm-up of 10 steps: both budgets (10 and 20 steps) count
+    return {"runs": runs, "expected_bayes": {"long": [2.0] * 128, "control": [2.0] * 128},
+            "provenance": {"training": {"adam": {"warmup_steps": 10}}}}
+
+
+def test_context_report_reads_the_sweep():
+    from flopsbook.viz.context import context_report
+
+    results = _toy_context_results()
+    # Width 16 at 1e10: the parabola through (log2 s, loss) = (3, 2.6), (4, 2.4), (5, 2.7) is
+    # 0.25 (x - 4)^2 + 0.05 (x - 4) + 2.4, lowest at x = 3.9: s = 2**3.9 = 14.9. A token at s = 16
+    # costs 3 (2 (24 * 16**2 + 2 * 16 * 17) + 2 * 16 * 32) = 43,200 FLOPs, 1,088 * 3 of them in the
+    # attention products: 7.6%.
+    text = context_report(1e10, 16, results)
+    assert "predicted best training context: 15 tokens" in text
+    assert "best context 16 (parabola's minimum 15), best-context loss 2.400 nats after 20 steps" in text
+    assert "costs 43,200 FLOPs (causal, logits in), 8% of them" in text
+    # Width 32's best is its shortest context: no parabola, and nothing outside the budgets.
+    assert "best context 8 (parabola's minimum 8)" in context_report(1e9, 32, results)
+    assert "no prediction" in context_report(1e11, 16, results)
+
+
+def test_context_noise_and_smoothed_end_loss():
+    import numpy as np
+
+    from flopsbook.viz.context import curve_noise, smoothed_end_loss
+
+    pos = np.arange(1, 513)
+    smooth = 3.0 - 0.2 * np.log(pos)
+    noisy = smooth + np.random.default_rng(0).normal(0, 0.05, len(pos))
+    assert curve_noise(noisy) == pytest.approx(0.05, rel=0.1)
+    assert curve_noise(smooth) < 1e-3
+    assert smoothed_end_loss(smooth, 64) == pytest.approx(3.0 - 0.2 * np.log(64))
+    with pytest.raises(ValueError, match="fraction"):
+        smoothed_end_loss(smooth, 64, fraction=0)
+    with pytest.raises(ValueError, match="context = 600"):
+        smoothed_end_loss(smooth, 600)
+
+
+def test_context_figures_and_calculator(capsys):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from flopsbook.viz import context as vc
+
+    results = _toy_context_results()
+    fig = fb.viz.context_figure(results)
+    assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2 * 2   # a U and a ring per width
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    vc.plot_beyond(ax, results, 16)
+    vc.plot_u_curves(ax, results, 16)
+    plt.close(fig)
+    fb.viz.context_calculator(results)
+    assert "VBox" in capsys.readouterr().out

@@ -625,12 +625,31 @@ class OptimalContext:
     loss: np.ndarray
 
 
-def optimal_context(results, width: int, *, kind: str = "long") -> OptimalContext:
-    """Where the U-curve of best-context loss against context bottoms out, budget by budget
-    (only budgets that every context of this width reached)."""
+def comparable_budgets(results, width: int, *, kind: str = "long",
+                       min_steps: int | None = None) -> np.ndarray:
+    """The budgets at which every context of ``width`` trained and took at least ``min_steps``
+    optimizer steps (default: the sweep's learning-rate warm-up). Before that a wide model has
+    taken a handful of steps at a rate still ramping up, and its loss says nothing about its
+    context."""
+    if min_steps is None:
+        min_steps = results["provenance"]["training"]["adam"]["warmup_steps"]
+    min_steps = _check_count(min_steps, "min_steps", 0)
+    budgets, _, steps = grid(results, width, kind=kind, metric="steps")
+    keep = ~np.isnan(steps).any(axis=1)
+    keep[keep] = steps[keep].min(axis=1) >= min_steps
+    return budgets[keep]
+
+
+def optimal_context(results, width: int, *, kind: str = "long",
+                    min_steps: int | None = None) -> OptimalContext:
+    """Where the U-curve of best-context loss against context bottoms out, budget by budget,
+    at the :func:`comparable_budgets` of ``width`` (every context trained, warm-up over)."""
     budgets, contexts, values = grid(results, width, kind=kind)
-    full = ~np.isnan(values).any(axis=1)
-    budgets, values = budgets[full], values[full]
+    keep = np.isin(budgets, comparable_budgets(results, width, kind=kind, min_steps=min_steps))
+    if not keep.any():
+        raise ValueError(f"min_steps: no budget of width {width} has every context past "
+                         f"{min_steps} steps")
+    budgets, values = budgets[keep], values[keep]
     logs = np.log2(contexts)
     best = values.argmin(axis=1)
     fitted = []
@@ -648,7 +667,7 @@ def predicted_best_context(budget, width: int, *, results=None, kind: str = "lon
     """The training context this experiment's fitted curves pick for ``budget`` FLOPs.
 
     Interpolates log2 of :func:`optimal_context`'s ``fitted`` linearly in log10(budget) between
-    the budgets measured for ``width``; it does not extrapolate.
+    the comparable budgets measured for ``width`` (warm-up left out); it does not extrapolate.
 
     Args:
         budget (float | array-like): Training FLOPs, within the measured budgets of ``width``.

@@ -94,9 +94,10 @@ from .architectures import architectures_calculator, architectures_figure  # noq
 from .collectives import collectives_calculator, collectives_figure  # noqa: E402
 from .parallelism import parallelism_calculator, parallelism_figure  # noqa: E402
 from .throughput import throughput_calculator, throughput_figure  # noqa: E402
+from .context import context_calculator, context_figure  # noqa: E402
 
 __all__ = ["architectures_calculator", "architectures_figure", "attention_explorer", "collectives_calculator",
-           "collectives_figure", "glue",
+           "collectives_figure", "context_calculator", "context_figure", "glue",
            "inference_calculator", "matmul_calculator", "memory_calculator",
            "parallelism_calculator", "parallelism_figure", "plain_log_ticks",
            "registry_notes", "scaling_explorer", "setup", "throughput_calculator",
