@@ -119,8 +119,9 @@ def notebook_costs(repeats: int = 2) -> None:
     for path in sorted((root / "notebooks").glob("*.ipynb")):
         full = nbformat.read(path, as_version=4)
         setup = nbformat.read(path, as_version=4)
-        # The setup cell is the first hidden one (later hidden cells may use the chapter's names).
-        setup.cells = [next(c for c in setup.cells if "remove-cell" in c.metadata.get("tags", []))]
+        # The setup cell is the first hidden code cell (later ones may use the chapter's names).
+        setup.cells = [next(c for c in setup.cells if c.cell_type == "code"
+                            and "remove-cell" in c.metadata.get("tags", []))]
         target = targets.get(path.stem, 1.6)
         try:
             t_full = min(run(nbformat.from_dict(full)) for _ in range(repeats))

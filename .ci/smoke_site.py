@@ -1,7 +1,7 @@
 """Smoke-test the built site in headless Chromium: every page must load with no console
-errors, no broken local resource, no image that failed to load, typeset math and no Markdown
-table left as text, using nothing but the site itself (any request that leaves 127.0.0.1 is
-blocked and reported).
+errors, no broken local resource, no image that failed to load, math typeset at build time and
+drawn (no MathJax JavaScript) and no Markdown table left as text, using nothing but the site
+itself (any request that leaves 127.0.0.1 is blocked and reported).
 
     python .ci/smoke_site.py [--site _build/html] [--screenshots _build/screenshots]
 
@@ -27,7 +27,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 SKIP_DIRS = {"_static", "_sources", "_images"}
 HOST = "127.0.0.1"
 TIMEOUT_MS = 30_000
-MATHJAX_TIMEOUT_MS = 10_000
 
 # Waits for every <img> to settle; lazy images are switched to eager first, since a
 # headless page never scrolls them into view. Returns the sources that did not load.
@@ -44,21 +43,84 @@ BROKEN_IMAGES_JS = """async () => {
 RAW_TABLES_JS = r"""() => Array.from(document.querySelectorAll("article p, article li"))
   .filter(el => /\|\s*:?(-{3,}|[\u2013\u2014]+):?\s*\|/.test(el.textContent)).length"""
 
-# After MathJax's startup promise: typeset output, TeX left as text, and TeX errors (`merror`,
-# or an undefined macro, which MathJax's `noundefined` shows as red text).
+# The math is typeset at build time (book/_ext/prerender_math.py): each `.math` element holds
+# MathJax's CHTML markup, drawn by a stylesheet and webfonts. A glyph that the stylesheet lacks
+# draws nothing (its `::before` has no content), and a webfont that fails draws boxes. TeX errors
+# fail the build, but an `merror` (or noundefined's red text) is still looked for.
 MATH_JS = r"""async () => {
-  await MathJax.startup.promise;
+  await document.fonts.ready;
+  const containers = Array.from(document.querySelectorAll(".math mjx-container"));
   return {
-    containers: document.querySelectorAll("mjx-container").length,
+    containers: containers.length,
     raw: Array.from(document.querySelectorAll(".math"))
-        .filter(el => /\\\(|\\\[|\$\$/.test(el.innerText)).length,
+        .filter(el => !el.querySelector("mjx-container")).length,
+    undrawn: Array.from(document.querySelectorAll("mjx-container mjx-c"))
+        .filter(c => ["none", "normal", ""].includes(getComputedStyle(c, "::before").content)).length,
+    fonts: Array.from(document.fonts).filter(f => f.status === "error").map(f => f.family),
     // CHTML draws glyphs with CSS, so the offending TeX is read from the assistive MathML.
-    errors: Array.from(document.querySelectorAll("mjx-container"))
+    errors: containers
         .filter(c => c.querySelector("mjx-merror, [style*='color: red']"))
         .map(c => (c.querySelector("mjx-assistive-mml merror, mjx-assistive-mml [mathcolor='red']")
                    || c).textContent.trim()).slice(0, 5),
   };
 }"""
+
+
+# Every chapter (a page under notebooks/) has at least one kernel-free figure.
+CHAPTER_DIR = "notebooks"
+VEGA_TIMEOUT_MS = 15_000
+
+# One kernel-free figure (book/_ext/interactive.py), already drawn: move each of its controls
+# (a slider to an end, a dropdown to its next option) and record whether the SVG changed.
+DRIVE_FIGURE_JS = r"""async (figure) => {
+  const svg = () => figure.querySelector(".fb-interactive-figure svg")?.innerHTML ?? "";
+  await figure.fbView.runAsync();
+  let before = svg();
+  const controls = [...figure.querySelectorAll(".vega-bind input[type=range], .vega-bind select")];
+  const moved = [];
+  for (const control of controls) {
+    if (control.tagName === "SELECT") {
+      control.selectedIndex = (control.selectedIndex + 1) % control.options.length;
+    } else {
+      control.value = control.value === control.min ? control.max : control.min;
+    }
+    for (const type of ["input", "change"]) control.dispatchEvent(new Event(type, {bubbles: true}));
+    await figure.fbView.runAsync();
+    const after = svg();
+    const label = control.closest(".vega-bind")?.querySelector(".vega-bind-name");
+    moved.push({name: label?.textContent.trim() || control.tagName, changed: after !== before});
+    before = after;
+  }
+  return {drawn: svg().length > 0, moved};
+}"""
+
+
+def check_interactive(page, rel: Path) -> list[str]:
+    figures = page.locator(".fb-interactive")
+    if not figures.count():
+        vega = page.evaluate("() => Array.from(document.scripts).some(s => /vega/.test(s.src))")
+        problems = ["Vega scripts on a page without a kernel-free figure"] if vega else []
+        if rel.parts[0] == CHAPTER_DIR:
+            problems.append("chapter without a kernel-free figure (.fb-interactive)")
+        return problems
+    problems = []
+    for i in range(figures.count()):
+        figure = figures.nth(i)
+        figure.scroll_into_view_if_needed()   # the Vega scripts load only when a figure nears view
+        try:
+            page.wait_for_function("el => el.fbView", arg=figure.element_handle(),
+                                   timeout=VEGA_TIMEOUT_MS)
+        except PlaywrightTimeoutError:
+            problems.append(f"kernel-free figure {i + 1}: not drawn")
+            continue
+        result = figure.evaluate(DRIVE_FIGURE_JS)
+        if not result["drawn"]:
+            problems.append(f"kernel-free figure {i + 1}: no SVG drawn")
+        if not result["moved"]:
+            problems.append(f"kernel-free figure {i + 1}: no slider or dropdown")
+        problems += [f"kernel-free figure {i + 1}: moving {c['name']!r} did not change it"
+                     for c in result["moved"] if not c["changed"]]
+    return problems
 
 
 def serve(site: Path) -> http.server.ThreadingHTTPServer:
@@ -84,21 +146,17 @@ def is_local(url: str) -> bool:
 
 def check_math(page) -> list[str]:
     scripts = page.evaluate("() => Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s))")
-    if not scripts:
-        return ["math not typeset: the page shows math but does not load MathJax"]
-    if not all(is_local(src) for src in scripts):
-        return [f"MathJax not served by the site: {scripts}"]
-    try:
-        page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
-                               timeout=MATHJAX_TIMEOUT_MS)
-    except PlaywrightTimeoutError:
-        return ["math not typeset: MathJax did not start"]
+    problems = [f"MathJax JavaScript loaded (the math is typeset at build time): {scripts}"] if scripts else []
     math = page.evaluate(MATH_JS)
-    problems = [f"math error: {text!r}" for text in math["errors"]]
+    problems += [f"math error: {text!r}" for text in math["errors"]]
     if not math["containers"]:
         problems.append("math not typeset: no mjx-container")
     if math["raw"]:
-        problems.append(f"math not typeset: {math['raw']} elements still show TeX delimiters")
+        problems.append(f"math not typeset: {math['raw']} math elements hold no MathJax markup")
+    if math["undrawn"]:
+        problems.append(f"math not drawn: {math['undrawn']} glyphs missing from the math stylesheet")
+    if math["fonts"]:
+        problems.append(f"math fonts failed to load: {sorted(set(math['fonts']))}")
     return problems
 
 
@@ -139,6 +197,7 @@ def check_page(browser, base: str, site: Path, rel: Path, shots: Path) -> list[s
             problems.append(f"Markdown table shown as text in {raw_tables} paragraph(s)")
         if page.locator(".math").count():
             problems += check_math(page)
+        problems += check_interactive(page, rel)
         page.screenshot(path=str(shots / (rel.with_suffix("").as_posix().replace("/", "__") + ".png")),
                         full_page=True)
     except Exception as exc:  # a timeout or crash fails this page, not the run

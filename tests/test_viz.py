@@ -12,6 +12,14 @@ def test_glue_returns_the_value_and_text_displays_without_quotes():
     assert repr(fb.viz._Text("1,024")) == "1,024"
 
 
+def test_glue_keeps_the_text_for_eval_in_jupyterlab():
+    fb.viz.glue("tokens_per_param", 20.04, "{:.0f}")
+    assert repr(fb.viz.g.tokens_per_param) == "20"   # what {eval}`g.tokens_per_param` shows
+    for bad in ["g-1", "1st", "lambda", ""]:
+        with pytest.raises(ValueError, match="name"):
+            fb.viz.glue(bad, 1)
+
+
 def test_setup_is_seeded():
     a, b = fb.viz.setup().standard_normal(3), fb.viz.setup().standard_normal(3)
     assert (a == b).all()
@@ -227,6 +235,22 @@ def test_context_noise_and_smoothed_end_loss():
         smoothed_end_loss(smooth, 600)
 
 
+def test_context_optimal_context_trend():
+    import numpy as np
+
+    from flopsbook.viz.context import optimal_context_trend
+
+    results = _toy_context_results()
+    # Width 32's best is s = 8 at both budgets: a flat line at log2(8) = 3, no scatter.
+    assert optimal_context_trend(results, 32) == pytest.approx((0.0, 3.0, 0.0))
+    # Width 16: parabola minima at 1e9 and 1e10 (two points: the line goes through both).
+    slope, intercept, scatter = optimal_context_trend(results, 16)
+    from flopsbook.experiments.context import optimal_context
+    fitted = optimal_context(results, 16).fitted
+    assert slope == pytest.approx(np.log2(fitted[1]) - np.log2(fitted[0]))
+    assert intercept + 10 * slope == pytest.approx(np.log2(fitted[1])) and scatter == 0.0
+
+
 def test_context_figures_and_calculator(capsys):
     import matplotlib
 
@@ -238,6 +262,11 @@ def test_context_figures_and_calculator(capsys):
     results = _toy_context_results()
     fig = fb.viz.context_figure(results)
     assert len(fig.axes) == 2 and len(fig.axes[1].lines) == 2 * 2   # a U and a ring per width
+    # the left panel: per width the interpolated line, the rings and the dashed straight-line fit
+    assert len(fig.axes[0].lines) == 2 * 3 + 1                       # and the marked budget
+    plt.close(fig)
+    fig = fb.viz.context_figure(results, trend=False)
+    assert len(fig.axes[0].lines) == 2 * 2 + 1
     plt.close(fig)
     fig, ax = plt.subplots()
     vc.plot_beyond(ax, results, 16)
@@ -245,3 +274,66 @@ def test_context_figures_and_calculator(capsys):
     plt.close(fig)
     fb.viz.context_calculator(results)
     assert "VBox" in capsys.readouterr().out
+
+
+def test_interactive_figure_is_a_vegalite_v5_bundle_with_its_controls():
+    from flopsbook.viz.interactive import MIME, dropdown, line_chart, slider
+
+    rows = [{"x": x, "y": x * k, "k": k, "fit": fit}
+            for fit in ("a", "b") for k in (1, 2, 3) for x in (1.0, 10.0, 100.0)]
+    fig = line_chart(rows, x="x", y="y", color="fit", log_x=True,
+                     controls=[slider("k", "k"), dropdown("fit", "fit")], description="y vs x")
+    bundle = fig._repr_mimebundle_()
+    assert set(bundle) == {MIME, "text/plain"} and bundle["text/plain"] == "y vs x"
+    spec = bundle[MIME]
+    assert "$schema" not in spec and spec["data"]["values"][0] == rows[0]
+    bindings = [p["bind"] for p in spec["params"]]
+    assert bindings[0]["input"] == "range" and (bindings[0]["min"], bindings[0]["max"],
+                                                bindings[0]["step"]) == (1, 3, 1)
+    assert bindings[1] == {"input": "select", "options": ["a", "b"], "name": "fit "}
+    assert "control_0" in spec["transform"][0]["filter"]
+    assert spec["encoding"]["x"]["scale"] == {"domain": [1.0, 100.0], "zero": False, "type": "log"}
+
+
+def test_interactive_figure_refuses_bad_input():
+    from flopsbook.viz.interactive import MAX_DATA_BYTES, line_chart, slider
+
+    big = [{"x": float(i), "y": float(i), "label": "z" * 100} for i in range(MAX_DATA_BYTES // 100)]
+    with pytest.raises(ValueError, match="rows: .* bytes of JSON"):
+        line_chart(big, x="x", y="y")
+    with pytest.raises(ValueError, match="rows: no rows"):
+        line_chart([], x="x", y="y")
+    with pytest.raises(ValueError, match="lack the column"):
+        line_chart([{"x": 1}], x="x", y="y")
+    uneven = [{"x": 1.0, "y": 1.0, "k": k} for k in (1, 2, 5)]
+    with pytest.raises(ValueError, match="controls: .* evenly spaced"):
+        line_chart(uneven, x="x", y="y", controls=[slider("k")])
+    with pytest.raises(ValueError, match="rows: a log axis"):
+        line_chart([{"x": 0.0, "y": 1.0}], x="x", y="y", log_x=True)
+
+
+def test_mystnb_plugin_writes_the_figure_div():
+    import json
+
+    from flopsbook.viz.interactive import MIME, MystNbRenderer
+
+    class Data:
+        mime_type, content = MIME, json.dumps({"title": "t", "data": {"values": [{"a": "</b>"}]}})
+
+    (node,) = MystNbRenderer.handle_mime(None, Data, inline=False)
+    text = node.astext()
+    assert text.startswith('<div class="fb-interactive">') and "fb-interactive-figure" in text
+    assert '<script type="application/json">' in text and "</b>" not in text
+    assert MystNbRenderer.handle_mime(None, Data, inline=True) is None
+
+
+def test_the_mystnb_plugin_is_declared_as_an_entry_point():
+    import tomllib
+    from pathlib import Path
+
+    from flopsbook.viz import interactive
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    (target,) = pyproject["project"]["entry-points"]["myst_nb.mime_renderers"].values()
+    module, name = target.split(":")
+    assert module == interactive.__name__ and hasattr(interactive, name)

@@ -6,6 +6,9 @@ formulas do not need them. Each calculator lives in the module of its chapter's 
 
 from __future__ import annotations
 
+import keyword
+import types
+
 import numpy as np
 
 
@@ -31,13 +34,26 @@ class _Text(str):
         return str(self)
 
 
-def glue(name: str, value, fmt: str | None = None):
-    """Glue ``value`` (formatted with ``fmt``, e.g. ``"{:,.0f}"``) for ``{glue}`name``` in text.
+# The glued texts by name, for ``{eval}`g.name``` in the prose: jupyterlab-myst evaluates that
+# expression in the kernel, where a notebook's setup cell has imported ``g``; the website pastes the
+# glued value (book/_ext/eval_role.py). A namespace, because many keys equal code variables' names.
+g = types.SimpleNamespace()
 
-    Outside a Jupyter Book build (Colab, plain JupyterLab without myst-nb) this does nothing but
-    return the value, so notebooks run anywhere.
+
+def glue(name: str, value, fmt: str | None = None):
+    """Glue ``value`` (formatted with ``fmt``, e.g. ``"{:,.0f}"``) for ``{eval}`g.name``` in text.
+
+    The text is glued for the website (myst-nb) and kept as ``g.<name>`` for JupyterLab. Outside
+    a Jupyter Book build (Colab, JupyterLab without myst-nb) the glue part does nothing, so
+    notebooks run anywhere. Returns ``value``.
+
+    Raises:
+        ValueError: ``name`` is not a Python identifier (``g.<name>`` must be an expression).
     """
+    if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+        raise ValueError(f"name must be a Python identifier, got {name!r}")
     text = _Text(fmt.format(value) if fmt else str(value))
+    setattr(g, name, text)
     try:
         from myst_nb import glue as _glue
     except ImportError:
@@ -97,7 +113,7 @@ from .throughput import throughput_calculator, throughput_figure  # noqa: E402
 from .context import context_calculator, context_figure  # noqa: E402
 
 __all__ = ["architectures_calculator", "architectures_figure", "attention_explorer", "collectives_calculator",
-           "collectives_figure", "context_calculator", "context_figure", "glue",
+           "collectives_figure", "context_calculator", "context_figure", "g", "glue",
            "inference_calculator", "matmul_calculator", "memory_calculator",
            "parallelism_calculator", "parallelism_figure", "plain_log_ticks",
            "registry_notes", "scaling_explorer", "setup", "throughput_calculator",

@@ -120,3 +120,28 @@ def architectures_calculator():
         widget.observe(update, names="value")
     update()
     display(w.VBox([w.HBox([name, value]), w.HBox([batch, context]), out]))
+
+
+def interactive_architectures(names=FIGURE_MODELS):
+    """The kernel-free figure of the calculator: the 16-bit KV cache (``kv_cache_bytes``)
+    against the context, one line per model; a dropdown between the attention as built and
+    every layer global, a slider over log2 of the batch. Returns a
+    :class:`~flopsbook.viz.interactive.Interactive`."""
+    import numpy as np
+
+    from .interactive import dropdown, line_chart, slider
+
+    contexts = 2 ** np.arange(10, 18)
+    rows = []
+    for name in names:
+        m = registry.model(name)
+        for label, spec_ in (("as built", m), ("every layer global", all_global(m))):
+            for e in range(0, 7, 2):
+                gib = inference.kv_cache_bytes(spec_, 2**e, contexts) / 2**30
+                rows += [{"context": int(c), "gib": g, "model": name, "attention": label,
+                          "log2_batch": e} for c, g in zip(contexts, gib)]
+    return line_chart(rows, x="context", y="gib", color="model", log_x=True, log_y=True,
+                      controls=[dropdown("attention", "attention"),
+                                slider("log2_batch", "log2 of the batch")],
+                      x_title="context (tokens)", y_title="KV cache (GiB, 16-bit)",
+                      description="<interactive figure: KV cache against context>")

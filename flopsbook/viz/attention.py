@@ -98,3 +98,23 @@ def attention_explorer():
         widget.observe(update, names="value")
     update()
     display(w.VBox([w.HBox([name, causal]), context, out]))
+
+
+def interactive_attention(models=("gpt2-small", "llama2-7b", "llama3-70b", "mistral-7b")):
+    """The kernel-free figure of the calculator: each component's share of one layer's forward
+    FLOPs (``component_shares``) against the context; dropdowns over the model and causal.
+    Returns a :class:`~flopsbook.viz.interactive.Interactive`."""
+    from .interactive import dropdown, line_chart
+
+    contexts = 2 ** np.arange(8, 23)
+    rows = []
+    for name in models:
+        for causal in (False, True):
+            shares = component_shares(registry.model(name), contexts, causal=causal)
+            rows += [{"context": int(s), "share": float(shares[k][i]), "component": k,
+                      "model": name, "causal": "causal" if causal else "non-causal"}
+                     for k in COMPONENTS for i, s in enumerate(contexts)]
+    return line_chart(rows, x="context", y="share", color="component", log_x=True,
+                      controls=[dropdown("model", "model"), dropdown("causal", "attention")],
+                      x_title="context (tokens)", y_title="share of the layer's forward FLOPs",
+                      description="<interactive figure: FLOP shares of a layer against context>")

@@ -333,3 +333,31 @@ def collectives_calculator():
     update()
     display(w.VBox([w.HBox([name, hw]), w.HBox([n, tokens]), w.HBox([stage, k]),
                     w.HBox([grad, hier]), out]))
+
+
+def interactive_collectives(model="llama2-7b", hardwares=("a100-80gb", "h100-sxm")):
+    """The kernel-free figure of the calculator: the exposed fraction of a data-parallel step
+    (``step_communication``; hierarchical across nodes) against the tokens per device, one line
+    per accelerator; a slider over log2 of the devices and a dropdown over the ZeRO stage.
+    Returns a :class:`~flopsbook.viz.interactive.Interactive`."""
+    from .interactive import dropdown, line_chart, slider
+
+    m = registry.model(model)
+    tokens = 2.0 ** np.arange(6, 17)
+    rows = []
+    for name in hardwares:
+        hw = as_hardware(name)
+        for e in range(1, 10):
+            hier = 2**e > (hw.devices_per_node or 2**e)
+            for stage in range(4):
+                frac = step_communication(m, hw, 2**e, tokens, zero_stage=stage,
+                                          hierarchical=hier)["exposed_fraction"]
+                rows += [{"tokens": t, "exposed": f, "device": name, "log2_devices": e,
+                          "zero": f"stage {stage}"}
+                         for t, f in zip(tokens, np.broadcast_to(frac, tokens.shape))]
+    return line_chart(rows, x="tokens", y="exposed", color="device", log_x=True,
+                      controls=[slider("log2_devices", "log2 of the devices"),
+                                dropdown("zero", "ZeRO")],
+                      x_title="tokens per device per optimizer step",
+                      y_title="exposed fraction of the step",
+                      description=f"<interactive figure: exposed communication of {model}>")

@@ -196,10 +196,29 @@ def context_report(budget: float, width: int, results=None) -> str:
     return "\n".join(lines)
 
 
-def context_figure(results=None, budget=None):
+def optimal_context_trend(results, width, kind="long"):
+    """A straight line through log2 of the fitted optimal context against log10 of the budget
+    (:func:`~flopsbook.experiments.context.optimal_context`, comparable budgets only).
+
+    Returns ``(slope, intercept, scatter)``: doublings of context per decade of FLOPs, the
+    line's log2 context at 1 FLOP, and the standard deviation of the fitted optima about the
+    line (doublings; 0 for fewer than three budgets)."""
+    opt = experiment.optimal_context(results, width, kind=kind)
+    x, y = np.log10(opt.budgets), np.log2(opt.fitted)
+    if len(x) < 2:
+        raise ValueError(f"width {width} has {len(x)} comparable budget(s): a line needs two")
+    slope, intercept = np.polyfit(x, y, 1)
+    scatter = float(np.std(y - (slope * x + intercept))) if len(x) > 2 else 0.0
+    return float(slope), float(intercept), scatter
+
+
+def context_figure(results=None, budget=None, *, trend=True):
     """Two panels: the predicted best context against the budget for every width, and the
     U-curves of all widths at the budget nearest ``budget`` (default: the largest budget that
-    every width reached). Returns the figure."""
+    every width reached). The predicted line joins the per-budget parabola minima, which
+    scatter within the noise; ``trend`` adds each width's straight-line fit
+    (:func:`optimal_context_trend`, dashed) with a band of one standard deviation of that
+    scatter, which is what the sweep resolves. Returns the figure."""
     import matplotlib.pyplot as plt
 
     results = experiment.load_results() if results is None else results
@@ -214,6 +233,13 @@ def context_figure(results=None, budget=None):
         ax1.plot(fine, experiment.predicted_best_context(fine, width, results=results), "-",
                  color=colour, lw=1.4, label=f"width {width}")
         ax1.plot(opt.budgets, opt.measured, "o", color=colour, ms=4, mfc="none")
+        if trend and len(opt.budgets) >= 2:
+            slope, intercept, scatter = optimal_context_trend(results, width)
+            line = slope * np.log10(fine) + intercept
+            ax1.plot(fine, 2.0 ** line, "--", color=colour, lw=1)
+            if scatter > 0:
+                ax1.fill_between(fine, 2.0 ** (line - scatter), 2.0 ** (line + scatter),
+                                 color=colour, alpha=0.15, lw=0)
         near = nearest_budget(results, width, budget)
         budgets, contexts, values = experiment.grid(results, width)
         row = values[int(np.argmin(np.abs(budgets - near)))]
@@ -227,7 +253,8 @@ def context_figure(results=None, budget=None):
     plain_log_ticks(ax1)
     ax1.set_xlabel("training budget (FLOPs)")
     ax1.set_ylabel("best training context (tokens)")
-    ax1.set_title("predicted (line) and measured (rings)", fontsize=9)
+    ax1.set_title("predicted (line), measured (rings);\nstraight-line fit ± its scatter (dashed, band)"
+                  if trend else "predicted (line) and measured (rings)", fontsize=9)
     ax1.legend(fontsize=8)
     ax2.set_xscale("log", base=2)
     contexts = experiment.grid(results, widths[0])[1]
@@ -285,3 +312,24 @@ def context_calculator(results=None):
         widget.observe(update, names="value")
     update(draw=False)
     display(w.VBox([w.HBox([log_c, width]), out]))
+
+
+def interactive_context(results=None):
+    """The kernel-free figure of the calculator: the best-context loss against the training
+    context (the sweep's U-curves, ``experiment.grid``), one line per width; a dropdown over the
+    training budget. Returns a :class:`~flopsbook.viz.interactive.Interactive`."""
+    from .interactive import dropdown, line_chart
+
+    results = experiment.load_results() if results is None else results
+    points = []
+    for width in experiment.widths(results):
+        budgets, contexts, values = experiment.grid(results, width)
+        points += [(float(b), width, int(c), float(v)) for b, row in zip(budgets, values)
+                   for c, v in zip(contexts, row) if np.isfinite(v)]
+    # Sorted by budget, so that the dropdown lists the budgets in increasing order.
+    rows = [{"context": c, "loss": v, "width": f"width {w}",
+             "budget": units.format_sci(b, "FLOPs")} for b, w, c, v in sorted(points)]
+    return line_chart(rows, x="context", y="loss", color="width", log_x=True,
+                      controls=[dropdown("budget", "training budget")],
+                      x_title="training context s (tokens)", y_title="best-context loss (nats)",
+                      description="<interactive figure: U-curves of the best-context loss>")

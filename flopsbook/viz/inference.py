@@ -89,3 +89,34 @@ def inference_calculator():
     update()
     display(w.VBox([w.HBox([name, hw]), w.HBox([batch, context, devices]), w.HBox([weights, cache]),
                     out]))
+
+
+def interactive_inference(models=("llama2-7b", "llama3-8b", "llama2-13b"),
+                          devices=("a100-80gb", "h100-sxm", "h200")):
+    """The kernel-free figure of the calculator: decode tokens per second
+    (``decode_step_time``) against the batch, up to the largest batch that fits
+    (``max_batch``), one line per accelerator; a dropdown over the model and a slider over
+    log2 of the context. Returns a :class:`~flopsbook.viz.interactive.Interactive`."""
+    import numpy as np
+
+    from .interactive import dropdown, line_chart, slider
+
+    rows = []
+    for name in models:
+        m = registry.model(name)
+        for device in devices:
+            hw = registry.hardware(device)
+            for e in range(10, 16):
+                top = int(inference.max_batch(m, hw, 2**e))
+                batch = 2 ** np.arange(0, int(np.log2(max(top, 1))) + 1)
+                if top < 1:
+                    continue
+                rate = inference.decode_step_time(m, hw, batch, 2**e).tokens_per_second
+                rows += [{"batch": int(b), "tokens_s": r, "device": device, "model": name,
+                          "log2_context": e} for b, r in zip(batch, rate)]
+    return line_chart(rows, x="batch", y="tokens_s", color="device", log_x=True, log_y=True,
+                      controls=[dropdown("model", "model"),
+                                slider("log2_context", "log2 of the context")],
+                      x_title="batch (sequences decoded together)",
+                      y_title="tokens per second (roofline)",
+                      description="<interactive figure: decode throughput against batch>")

@@ -1,5 +1,7 @@
 """Calculator of the chapter "FLOPs and matrix multiplications"."""
 
+import numpy as np
+
 from .. import flops, registry, units
 
 
@@ -16,8 +18,11 @@ def predict_matmul(m, k, n, device="h100-sxm", dtype="bf16") -> dict:
     b = flops.matmul_bytes(m, k, n, bytes_per_value)
     peak = hw.peak(dtype)
     t = flops.roofline_time(f, b, peak, hw.bandwidth)
+    compute = np.asarray(f / peak >= b / hw.bandwidth)   # arrays broadcast (the figures' grids)
+    bound = (np.where(compute, "compute", "memory") if compute.ndim
+             else "compute" if compute else "memory")
     return {"flops": f, "bytes": b, "time": t, "rate": f / t, "fraction": f / t / peak,
-            "peak": peak, "bound": "compute" if f / peak >= b / hw.bandwidth else "memory"}
+            "peak": peak, "bound": bound}
 
 
 def matmul_report(m: int, k: int, n: int, device: str = "a100-80gb", dtype: str = "bf16") -> str:
@@ -74,3 +79,26 @@ def matmul_calculator():
         widget.observe(update, names="value")
     update()
     display(w.VBox([w.HBox([m, k, n]), w.HBox([hw, dtype]), out]))
+
+
+def interactive_matmuls(devices=None):
+    """The kernel-free figure of the calculator: the roofline's rate of an (m x n) @ (n x n)
+    16-bit product against n on each accelerator (``predict_matmul``), a slider over log2 m.
+    Returns a :class:`~flopsbook.viz.interactive.Interactive`."""
+    import numpy as np
+
+    from .interactive import line_chart, slider
+
+    n = 2.0 ** np.arange(6, 16)
+    rows = []
+    for name in devices or registry.hardwares():
+        dtype = "bf16" if "bf16" in registry.hardware(name).peak_flops else "fp16"
+        for e in range(0, 15, 2):
+            rate = predict_matmul(2.0**e, n, n, name, dtype)["rate"]
+            rows += [{"n": x, "tflops": r / 1e12, "device": name, "log2_m": e}
+                     for x, r in zip(n, rate)]
+    return line_chart(rows, x="n", y="tflops", color="device", log_x=True, log_y=True,
+                      controls=[slider("log2_m", "log2 of the rows m")],
+                      x_title="n (the product is m x n times n x n)",
+                      y_title="TFLOP/s, roofline bound",
+                      description="<interactive figure: roofline TFLOP/s of an m x n x n product>")

@@ -97,3 +97,29 @@ def memory_calculator():
     update()
     display(w.VBox([w.HBox([name, hw, devices]), w.HBox([batch, seq, precision]),
                     w.HBox([optimizer, recompute, flash, dropout, stage]), out]))
+
+
+def interactive_memory(models=("gpt2-xl", "llama2-7b", "llama2-13b"), seq_len=2048, n_devices=8):
+    """The kernel-free figure of the calculator: GB per device (``memory_budget``, mixed-precision
+    Adam, ``n_devices`` data-parallel devices) against the micro-batch, one line per
+    recomputation; a dropdown over the model and a slider over the ZeRO stage. Returns a
+    :class:`~flopsbook.viz.interactive.Interactive`."""
+    import numpy as np
+
+    from .interactive import dropdown, line_chart, slider
+
+    batch = np.arange(1, 17)
+    rows = []
+    for name in models:
+        m = registry.model(name)
+        for stage in range(4):
+            for recompute in ("none", "selective", "full"):
+                total = memory.memory_budget(m, batch, seq_len, zero_stage=stage,
+                                             n_devices=n_devices, recompute=recompute).total
+                rows += [{"batch": int(b), "gb": t / 1e9, "recompute": recompute,
+                          "model": name, "zero": stage} for b, t in zip(batch, total)]
+    return line_chart(rows, x="batch", y="gb", color="recompute", log_y=True,
+                      controls=[dropdown("model", "model"), slider("zero", "ZeRO stage")],
+                      x_title=f"micro-batch (sequences of {seq_len:,} tokens)",
+                      y_title=f"GB per device ({n_devices} devices)",
+                      description="<interactive figure: training memory per device>")

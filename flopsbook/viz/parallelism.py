@@ -247,3 +247,28 @@ def parallelism_calculator():
     update()
     display(w.VBox([w.HBox([name, hw]), w.HBox([n, s]), w.HBox([tokens, eff]),
                     w.HBox([top, tp, pp]), out]))
+
+
+def interactive_parallelism(stages=(2, 4, 8, 16)):
+    """The kernel-free figure of the calculator: the pipeline bubble (``pipeline_bubble``)
+    against the micro-batches, one line per stage count; a slider over the interleaving and a
+    dropdown over the convention. Returns a :class:`~flopsbook.viz.interactive.Interactive`."""
+    from .interactive import dropdown, line_chart, slider
+
+    micro = np.arange(1, 65)
+    micro = micro[(micro <= 8) | (micro % 4 == 0)]
+    rows = []
+    for relative_to in ("ideal", "step"):
+        for v in range(1, 5):
+            for p in stages:
+                bubble = parallelism.pipeline_bubble(p, micro, interleave=v,
+                                                     relative_to=relative_to)
+                rows += [{"micro_batches": int(k), "bubble": b, "stages": f"{p} stages",
+                          "interleave": v, "relative_to": f"of the {relative_to} time"
+                          if relative_to == "ideal" else "of the whole step"}
+                         for k, b in zip(micro, bubble)]
+    return line_chart(rows, x="micro_batches", y="bubble", color="stages", log_x=True, log_y=True,
+                      controls=[slider("interleave", "interleave v"),
+                                dropdown("relative_to", "bubble")],
+                      x_title="micro-batches per step", y_title="pipeline bubble",
+                      description="<interactive figure: pipeline bubble against micro-batches>")

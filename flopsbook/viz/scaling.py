@@ -127,3 +127,22 @@ def scaling_explorer():
         widget.observe(update, names="value")
     update(draw=False)
     display(w.VBox([w.HBox([log_c, fit]), out]))
+
+
+def interactive_scaling(fits=("hoffmann2022", "besiroglu2024")):
+    """The kernel-free figure of the calculator: the fitted loss (``chinchilla_loss``) against
+    the parameters, one line per fit; a slider over log10 of the tokens. Returns a
+    :class:`~flopsbook.viz.interactive.Interactive`."""
+    from .interactive import line_chart, slider
+
+    n = np.logspace(8, 12, 25)
+    rows = []
+    for fit in fits:
+        for e in np.arange(10, 13.01, 0.5):
+            loss = scaling.chinchilla_loss(n, 10.0**e, fit=fit)
+            rows += [{"params": x, "loss": v, "fit": fit, "log10_tokens": float(e)}
+                     for x, v in zip(n, loss)]
+    return line_chart(rows, x="params", y="loss", color="fit", log_x=True,
+                      controls=[slider("log10_tokens", "log10 of the tokens D")],
+                      x_title="parameters N", y_title="loss (nats per token)",
+                      description="<interactive figure: fitted loss against parameters>")

@@ -340,3 +340,24 @@ def throughput_calculator():
     go.on_click(update)
     update()
     display(w.VBox([w.HBox([m, k, n]), w.HBox([here, hw, dtype]), go, out]))
+
+
+def interactive_throughput(devices=("v100", "a100-80gb", "h100-sxm", "tpu-v5p")):
+    """The kernel-free figure of the calculator: the roofline's fraction of the 16-bit peak of an
+    (m x k) @ (k x 4k) product against m (``predict_matmul``: predictions, no timing), one line
+    per accelerator; a slider over log2 k. Returns a
+    :class:`~flopsbook.viz.interactive.Interactive`."""
+    from .interactive import line_chart, slider
+
+    m = 2.0 ** np.arange(0, 15)
+    rows = []
+    for name in devices:
+        dtype = "bf16" if "bf16" in registry.hardware(name).peak_flops else "fp16"
+        for e in range(8, 15):
+            frac = predict_matmul(m, 2.0**e, 4 * 2.0**e, name, dtype)["fraction"]
+            rows += [{"m": x, "fraction": f, "device": name, "log2_k": e}
+                     for x, f in zip(m, frac)]
+    return line_chart(rows, x="m", y="fraction", color="device", log_x=True,
+                      controls=[slider("log2_k", "log2 of k (n = 4k)")],
+                      x_title="batch rows m", y_title="fraction of the 16-bit peak (roofline)",
+                      description="<interactive figure: roofline fraction of peak against m>")

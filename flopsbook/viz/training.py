@@ -58,3 +58,30 @@ def training_calculator():
     update()
     display(w.VBox([w.HBox([name, n_params]), w.HBox([n_tokens, hw, devices]),
                     w.HBox([util, price]), out]))
+
+
+def interactive_weight_flops(model="gpt3-175b", devices=("v100", "a100-80gb", "h100-sxm", "tpu-v4"),
+                             tokens=("300B", "1T", "2T", "15T")):
+    """The kernel-free figure of the calculator: days to train ``model`` (6ND, ``training_time``)
+    against the device count, one line per accelerator; a slider over the MFU and a dropdown
+    over the tokens. Returns a :class:`~flopsbook.viz.interactive.Interactive`."""
+    import numpy as np
+
+    from .. import spec
+    from .interactive import dropdown, line_chart, slider
+
+    n_params = spec.param_count(registry.model(model))
+    n_devices = 2.0 ** np.arange(6, 15)
+    rows = []
+    for d in tokens:
+        c = flops.training_flops(n_params, units.parse_quantity(d))
+        for name in devices:
+            peak = registry.hardware(name).peak_16bit
+            for mfu in range(20, 65, 10):
+                days = flops.training_time(c, n_devices, peak, mfu / 100) / 86400
+                rows += [{"devices": x, "days": t, "device": name, "mfu": mfu, "tokens": d}
+                         for x, t in zip(n_devices, days)]
+    return line_chart(rows, x="devices", y="days", color="device", log_x=True, log_y=True,
+                      controls=[slider("mfu", "MFU (%)"), dropdown("tokens", "tokens D")],
+                      x_title="devices", y_title=f"days to train {model} (6ND)",
+                      description=f"<interactive figure: days to train {model} against devices>")
