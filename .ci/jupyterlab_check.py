@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
 ROOT = Path(__file__).parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -185,6 +185,21 @@ def check(notebook: str, screenshot: Path | None) -> list[str]:
                     f"() => ({EVALS_JS})().every(c => c.ok + c.failed.length === c.wanted)"
                     f" && ({IDLE_JS})()", timeout=120_000, polling=250)
                 page.wait_for_timeout(500)   # React paints the results after the metadata lands
+                # ... and on a slow machine it may still be painting the last cells of the re-run:
+                # wait (bounded) until every markdown cell has its MyST rendering, then read.
+                for attempt in range(2):   # a second re-run if some never painted (seen once)
+                    try:
+                        page.wait_for_function(
+                            f"() => ({MARKDOWN_JS})().every(c => c !== null)",
+                            timeout=45_000, polling=250)
+                        break
+                    except PlaywrightTimeout:
+                        if attempt:
+                            break   # the cells still unrendered are reported below
+                        page.evaluate(RERUN_MARKDOWN_JS)
+                        page.wait_for_function(
+                            f"() => ({EVALS_JS})().every(c => c.ok + c.failed.length === c.wanted)"
+                            f" && ({IDLE_JS})()", timeout=120_000, polling=250)
                 t_md = time.monotonic()
                 evals = page.evaluate(EVALS_JS)
                 n_evals = sum(c["wanted"] for c in evals)
