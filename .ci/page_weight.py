@@ -15,23 +15,17 @@ they are printed, not gated. Exits 1 only when a page requests anything off loop
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from playwright.sync_api import sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-SKIP_DIRS = {"_static", "_sources", "_images"}
-HOST = "127.0.0.1"
+# The smoke test's loopback server, page list, browser and notion of "local" (one definition).
+from smoke_site import CHROMIUM, CHROMIUM_ARGS, HOST, find_pages as site_pages, is_local, serve
+
 TARGET_BYTES = 2_000_000
 TARGET_READABLE_S = 1.5
 MATH_TIMEOUT_MS = 15_000
@@ -59,17 +53,6 @@ The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor 
 """
 
 
-def serve(root: Path) -> http.server.ThreadingHTTPServer:
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(
-        (HOST, 0), functools.partial(QuietHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def build_plain(tmp: Path) -> Path:
     src, out = tmp / "src", tmp / "html"
     src.mkdir()
@@ -81,15 +64,10 @@ def build_plain(tmp: Path) -> Path:
 
 
 def find_pages(site: Path) -> list[Path]:
-    pages = []
-    for p in sorted(site.rglob("*.html")):
-        rel = p.relative_to(site)
-        if SKIP_DIRS & set(rel.parts[:-1]):
-            continue
-        if 'http-equiv="Refresh"' in p.read_text(encoding="utf-8", errors="replace"):
-            continue  # index.html only redirects to the first chapter, measured on its own
-        pages.append(rel)
-    return pages
+    # index.html only redirects to the first chapter, measured on its own
+    return [rel for rel in site_pages(site)
+            if 'http-equiv="Refresh"' not in (site / rel).read_text(encoding="utf-8",
+                                                                    errors="replace")]
 
 
 def measure_once(browser, url: str, outside: list[str]) -> tuple[int, int, float, float]:
@@ -99,7 +77,7 @@ def measure_once(browser, url: str, outside: list[str]) -> tuple[int, int, float
     sizes: dict[str, int] = {}
 
     def route(r):
-        if urlsplit(r.request.url).hostname == HOST or r.request.url.startswith(("data:", "blob:")):
+        if is_local(r.request.url):
             r.continue_()
         else:
             outside.append(f"{url}: {r.request.url}")

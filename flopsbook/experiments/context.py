@@ -47,6 +47,7 @@ single-threaded, and compares it with the numbers stored there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -464,6 +465,19 @@ def _provenance(config: dict) -> dict:
             "sweep": {**config, "widths": {str(k): v for k, v in config["widths"].items()}}}
 
 
+@contextlib.contextmanager
+def _one_blas_thread():
+    """One BLAS thread while the block runs (one kernel order: the check's last digits), then
+    the count from before."""
+    from ..measure import set_blas_threads
+    previous = set_blas_threads(1)
+    try:
+        yield
+    finally:
+        if previous:
+            set_blas_threads(previous)
+
+
 def run_check(seed: int | None = None) -> dict:
     """The short ``CHECK`` configuration, from scratch: its losses after each step."""
     c = CHECK if seed is None else {**CHECK, "seed": seed}
@@ -515,13 +529,8 @@ def sweep(config: dict | None = None, *, jobs: int = 2, progress=None) -> dict:
             pool.close()
             pool.join()
     runs.sort(key=lambda r: (KINDS.index(r["kind"]), r["width"], r["context"]))
-    from ..measure import set_blas_threads
-    previous = set_blas_threads(1)
-    try:
+    with _one_blas_thread():
         check = run_check(config["seed"])
-    finally:
-        if previous:
-            set_blas_threads(previous)
     return {"provenance": {**_provenance(config),
                            "wall_seconds": round(time.perf_counter() - start, 1),
                            "jobs": jobs},
@@ -549,13 +558,8 @@ def check_reproduces(results: dict | None = None, *, rtol: float = CHECK_RTOL) -
     (:func:`compare_check`). Returns the fresh numbers."""
     results = load_results() if results is None else results
     stored = results["check"]
-    from ..measure import set_blas_threads
-    previous = set_blas_threads(1)
-    try:
+    with _one_blas_thread():
         fresh = run_check(stored["seed"])
-    finally:
-        if previous:
-            set_blas_threads(previous)
     compare_check(fresh, stored, rtol=rtol)
     return fresh
 
