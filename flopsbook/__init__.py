@@ -12,6 +12,7 @@ from importlib import import_module
 
 from .communication import (collective_bytes, collective_steps, collective_time,
                             data_parallel_bytes, dp_overlap_tokens)
+from .exercises import check
 from .flops import (context_flops_ratio, crossover_seq_len, flops_per_token, hfu, layer_flops,
                     linear_attention_flops, linear_attention_state_bytes, matmul_bytes,
                     matmul_flops, mfu, roofline_time, training_flops, training_time)
@@ -35,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Hardware", "Layout", "ScalingFit", "Transformer", "activation_breakdown", "activation_memory",
-    "chinchilla_loss", "chinchilla_optimal", "collective_bytes", "collective_steps",
+    "check", "chinchilla_loss", "chinchilla_optimal", "collective_bytes", "collective_steps",
     "collective_time", "context_flops_ratio", "count_flops", "data_parallel_bytes",
     "dp_overlap_tokens", "expert_parallel_bytes",
     "critical_batch", "crossover_seq_len", "decode_step_time", "expected_experts",

@@ -22,6 +22,7 @@ M, HW = "gpt2-small", "a100-80gb"
 VALID = {
     "activation_breakdown": ((M, 2, 128), {}),
     "activation_memory": ((M, 2, 128), dict(recompute="selective", tensor_parallel=2)),
+    "check": (("ex-inference-palm", 1e9), dict(part="a")),
     "chinchilla_loss": ((1e9, 2e10), {}),
     "chinchilla_optimal": ((1e21,), {}),
     "collective_bytes": (("all-reduce", 1e9, 8), dict(algorithm="tree")),

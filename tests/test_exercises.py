@@ -1,0 +1,227 @@
+"""Self-checking answers (flopsbook.check) and the student edition's notebooks (fast: no build).
+
+The slow half, building the student site and searching it for solution text, runs in .ci/run
+(`python -m flopsbook.editions student`); here the same leak search runs on the notebooks the
+edition is built from, with the instructor notebooks as the control that it finds solutions.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flopsbook as fb
+from flopsbook import editions, exercises
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def _nb(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """A chapter 'toy' with one-part, two-part and non-numeric exercises."""
+    rows = [
+        dict(label="ex-toy-one", part=None, unit="bytes", prompt="the cache", rtol=0.02,
+             code=exercises._encode("ex-toy-one", None, 1.5e9)),
+        dict(label="ex-toy-two", part="a", unit="ms", prompt="latency", rtol=0.02,
+             code=exercises._encode("ex-toy-two", "a", 12.0)),
+        dict(label="ex-toy-two", part="b", unit="sequences", prompt="batch", rtol=0.0,
+             code=exercises._encode("ex-toy-two", "b", 83.0)),
+        dict(label="ex-toy-words", no_number="it asks for an explanation"),
+    ]
+    monkeypatch.setattr(exercises, "ANSWERS_DIR", tmp_path)
+    exercises.write_answers("toy", rows, tmp_path)
+    yield tmp_path
+    exercises._shipped.cache_clear()
+
+
+# ---- check: verdicts and hints ------------------------------------------------------------
+
+@pytest.mark.parametrize("answer, right", [(1.5e9, True), (1.529e9, True), (1.471e9, True),
+                                           (1.531e9, False), (1.46e9, False), (np.float64(1.5e9), True),
+                                           (np.array([1.5e9]), True), (1500000000, True)])
+def test_within_the_tolerance(toy, answer, right):
+    assert bool(fb.check("ex-toy-one", answer)) is right
+
+
+@pytest.mark.parametrize("answer, words", [
+    (3.0e9, "2 times too large. A classic slip: 2 FLOPs per multiply-add"),
+    (0.75e9, "2 times too small"),
+    (4.5e9, "3 times too large. A classic slip: training is forward + backward"),
+    (9.0e9, "6 times too large. A classic slip: C = 6ND"),
+    (0.25e9, "6 times too small"),
+    (1.5e9 * 2**30 / 1e9, "GiB vs GB"),
+    (1.5e6, "10^3 times too small; check the units"),
+    (1.5e15, "10^6 times too large"),
+    (4.0e11, "more than 10 times too large"),
+    (-1.5e9, "sign"),
+    (0, "sign"),
+    (1.7e9, "not within 2% of the book's answer (yours is too large)"),
+])
+def test_hints_name_the_slip_without_the_answer(toy, answer, words):
+    result = fb.check("ex-toy-one", answer)
+    assert not result and result.correct is False
+    assert words in result.message
+    assert "1.5" not in result.message and "1500" not in result.message
+
+
+def test_exact_answers_and_parts(toy):
+    assert fb.check("ex-toy-two", 83, part="b").message == "ex-toy-two (b): correct (exactly)."
+    assert not fb.check("ex-toy-two", 84, part="b")
+    both = fb.check("ex-toy-two", {"a": 12.1, "b": 83})
+    assert both and both.message.count("correct") == 2
+    assert fb.check("ex-toy-two", {"a": 12.1, "b": 82}).correct is False
+
+
+def test_none_says_what_to_fill_in(toy):
+    result = fb.check("ex-toy-two", {"a": None, "b": 83})
+    assert result.correct is None and not result
+    assert "ex-toy-two (a): replace None with your answer in ms." in result.message
+    assert repr(fb.check("ex-toy-one")) == "ex-toy-one: replace None with your answer in bytes."
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: fb.check("ex-toy-words", 3), "has no numeric answer to check: it asks for an explanation"),
+    (lambda: fb.check("ex-toy-tow", 3), "label: no exercise 'ex-toy-tow'.*closest: ex-toy-two"),
+    (lambda: fb.check(3, 3), "label must be an exercise label"),
+    (lambda: fb.check("ex-toy-two", 3), "part: exercise 'ex-toy-two' has parts 'a', 'b'"),
+    (lambda: fb.check("ex-toy-two", 3, part="c"), "part must be one of 'a', 'b'"),
+    (lambda: fb.check("ex-toy-one", 3, part="a"), r"part must be one of None \(a one-part"),
+    (lambda: fb.check("ex-toy-two", {"c": 1}), "answer: exercise 'ex-toy-two' has no part 'c'"),
+    (lambda: fb.check("ex-toy-two", {"a": 1}, part="a"), "answer: a dict of parts"),
+    (lambda: fb.check("ex-toy-one", "3"), "answer must be a number"),
+    (lambda: fb.check("ex-toy-one", True), "answer must be a number"),
+    (lambda: fb.check("ex-toy-one", float("inf")), "answer must be a finite number"),
+    (lambda: fb.check("ex-toy-one", 10**400), "answer must be a finite number"),
+    (lambda: fb.check("ex-toy-one", [1, 2]), "answer must be a number"),
+])
+def test_refusals_are_value_errors(toy, call, words):
+    with pytest.raises(ValueError, match=words):
+        call()
+
+
+def test_record_answer_checks_the_shipped_answer(toy):
+    exercises.record_answer("ex-toy-one", 1.5e9, unit="bytes", prompt="the cache")
+    exercises.record_no_number("ex-toy-words", "it asks for an explanation")
+    for bad in (dict(value=1.6e9), dict(unit="GB"), dict(rtol=0.05), dict(part="a")):
+        kwargs = dict(value=1.5e9, unit="bytes", prompt="the cache") | bad
+        with pytest.raises(ValueError, match="editions answers"):
+            exercises.record_answer("ex-toy-one", **kwargs)
+    with pytest.raises(ValueError, match="editions answers"):
+        exercises.record_no_number("ex-toy-one", "it asks for an explanation")
+
+
+def test_record_mode_appends_instead_of_checking(toy, tmp_path, monkeypatch):
+    log = tmp_path / "rows.jsonl"
+    monkeypatch.setenv(exercises.RECORD_ENV, str(log))
+    exercises.record_answer("ex-new", 7.0, unit="s", prompt="time", part="a")
+    exercises.record_answer("ex-new", 8.0, unit="s", prompt="time", part="b")
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    exercises.write_answers("new", rows, tmp_path)
+    monkeypatch.delenv(exercises.RECORD_ENV)
+    assert fb.check("ex-new", {"a": 7.0, "b": 8.0})
+    with pytest.raises(ValueError, match="recorded twice"):
+        exercises.write_answers("new", rows + rows[:1], tmp_path)
+    with pytest.raises(ValueError, match="all be named"):
+        exercises.write_answers("new", [dict(rows[0], part=None)] + rows, tmp_path)
+
+
+# ---- the shipped answers --------------------------------------------------------------------
+
+def test_every_exercise_has_an_answer_key_from_its_own_chapter():
+    keys = exercises.exercises()
+    for path in CHAPTERS:
+        labels = editions.exercise_labels(_nb(path))
+        shipped = [label for label, key in keys.items() if key["chapter"] == path.stem]
+        assert labels == shipped, path.name   # same exercises, in the book's order
+    assert len(keys) >= 84 and sum("parts" in k for k in keys.values()) >= 80
+
+
+def test_answers_are_not_readable_at_a_glance():
+    for path in sorted(exercises.ANSWERS_DIR.glob("*.json")):
+        text = path.read_text()
+        for label, entry in json.loads(text)["exercises"].items():
+            for p in entry.get("parts", ()):
+                value = exercises._decode(label, p["part"], p["code"])
+                if abs(value) >= 100 and value != int(value) or abs(value) >= 1000:
+                    assert f"{value:.3g}".replace("+", "") not in text
+                    assert str(int(value)) not in text, (label, p["part"])
+
+
+@pytest.mark.parametrize("label, part, answer", [
+    # worked by hand from the statements (and the releases' shapes), not from the solutions:
+    # PaLM 540B's MQA cache in GB: 2 (k, v) x 118 layers x 1 head x 256 x 2 bytes x 64 x 2048
+    ("ex-inference-palm", "a", 2 * 118 * 1 * 256 * 2 * 64 * 2048 / 1e9),
+    # a 32 x 2048 batch through GPT-3's 12288 x 49152 matrix: 2 m k n FLOPs
+    ("ex-matmuls-batch", None, 2 * 32 * 2048 * 12288 * 49152),
+    # ZeRO's "24 GB" for 1.5B parameters: 16 bytes each with mixed-precision Adam
+    ("ex-training-memory-gpt2", "a", 16 * 1.5e9 / 1e9),
+    # a ring all-reduce sends 2 (n - 1) / n of its 1 GB from each device
+    ("ex-collectives-ring", "a", 2 * 7 / 8),
+    ("ex-collectives-ring", "b", 2 * 1023 / 1024),
+])
+def test_answers_worked_by_hand_pass(label, part, answer):
+    assert fb.check(label, answer, part=part)
+
+
+# ---- the student edition's notebooks ----------------------------------------------------------
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_the_student_notebook_holds_no_solution(path):
+    nb = _nb(path)
+    student = editions.student_notebook(nb)
+    kept, removed = editions.split_solutions(nb)
+    fragments = {f for f in editions.fragments(removed) if f not in editions.searchable(kept)}
+    # the control: the search finds the solutions where they are
+    instructor = editions.searchable(nb["cells"])
+    assert len(fragments) >= 20 and all(f in instructor for f in fragments)
+    seen = editions.searchable(student["cells"])
+    assert [f for f in fragments if f in seen] == []
+    text = json.dumps(student)
+    for marker in ("{solution", "record_answer(", "record_no_number(", "solution-end"):
+        assert marker not in text, marker
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_a_check_cell_follows_every_numeric_exercise(path):
+    keys = exercises.exercises()
+    cells = editions.student_notebook(_nb(path))["cells"]
+    for label in editions.exercise_labels(_nb(path)):
+        at = next(i for i, c in enumerate(cells)
+                  if c["cell_type"] == "markdown" and f":label: {label}" in editions._text(c))
+        follows = cells[at + 1]
+        is_check = follows["cell_type"] == "code" and f'fb.check("{label}"' in editions._text(follows)
+        assert is_check == ("parts" in keys[label]), label
+
+
+def test_a_check_cell_runs_and_asks_for_every_part():
+    keys = exercises.exercises()
+    label = next(k for k, v in keys.items() if len(v.get("parts", ())) >= 3)
+    cell = editions.check_cell(label, keys[label], "x")
+    result = eval(editions._text(cell).split("\n", 1)[1], {"fb": fb})
+    assert result.correct is None
+    assert result.message.count("replace None") == len(keys[label]["parts"])
+
+
+def test_instructor_only_cells_and_plain_solutions_are_cut():
+    nb = {"cells": [
+        {"cell_type": "markdown", "metadata": {}, "source": "```{exercise}\n:label: ex-x\n\nQ?\n```\n"
+                                                          "```{solution} ex-x\nThe plain answer is here.\n```\nafter"},
+        {"cell_type": "markdown", "metadata": {"tags": ["instructor-only"]}, "source": "Exam question"},
+        {"cell_type": "markdown", "metadata": {}, "source": "```{solution-start} ex-x\n```\nGated"},
+        {"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": []},
+        {"cell_type": "markdown", "metadata": {}, "source": "```{solution-end}\n```"},
+        {"cell_type": "markdown", "metadata": {}, "source": "Next section"},
+    ]}
+    kept, removed = editions.split_solutions(nb)
+    assert [editions._text(c) for c in kept] == ["```{exercise}\n:label: ex-x\n\nQ?\n```\nafter",
+                                                 "Next section"]
+    assert len(removed) == 5
+    with pytest.raises(ValueError, match="without its"):
+        editions.split_solutions({"cells": nb["cells"][2:4]})
