@@ -337,3 +337,29 @@ def test_the_mystnb_plugin_is_declared_as_an_entry_point():
     (target,) = pyproject["project"]["entry-points"]["myst_nb.mime_renderers"].values()
     module, name = target.split(":")
     assert module == interactive.__name__ and hasattr(interactive, name)
+
+
+def test_mystnb_plugin_prints_a_static_png_for_latex(monkeypatch):
+    """The PDF gets the figure as an image (the controls at their first values), not its text."""
+    import base64
+    import dataclasses
+    import json
+    import types
+
+    from flopsbook.viz import interactive
+
+    @dataclasses.dataclass
+    class Data:
+        mime_type: str
+        content: str
+
+    seen = {}
+    monkeypatch.setattr(interactive, "static_png", lambda spec: seen.setdefault("spec", spec) and b"PNG")
+    env = types.SimpleNamespace(app=types.SimpleNamespace(builder=types.SimpleNamespace(format="latex")))
+    renderer = types.SimpleNamespace(renderer=types.SimpleNamespace(sphinx_env=env),
+                                     render_image=lambda data: [data])
+    (image,) = interactive.MystNbRenderer.handle_mime(
+        renderer, Data(interactive.MIME, json.dumps({"title": "t"})), inline=False)
+    assert image.mime_type == "image/png" and base64.b64decode(image.content) == b"PNG"
+    assert seen["spec"] == {"title": "t"}
+    assert ("latex", interactive.MIME, 5) in interactive.MystNbRenderer.mime_priority_overrides

@@ -161,6 +161,26 @@ def line_chart(rows, *, x: str, y: str, color: str | None = None, controls=(),
     return Interactive(spec, description or f"<interactive figure: {y} against {x}>")
 
 
+def static_png(spec: dict, scale: float = 2.0) -> bytes:
+    """The figure as a PNG, its controls at their first values: the print edition's fallback.
+
+    Rendered by vl-convert (the Vega project's own converter, bundled fonts, no browser), which
+    only the PDF build needs (``requirements-pdf.txt``).
+    """
+    try:
+        import vl_convert
+    except ImportError:
+        raise ImportError("the PDF's static figures need vl-convert-python: "
+                          "pip install -r requirements-pdf.txt") from None
+    values = [f"{p['bind'].get('name', p['name']).strip()} = {p['value']}"
+              for p in spec.get("params", ()) if "bind" in p]
+    if values:   # print says which controls' values the figure shows
+        title = spec.get("title", "")
+        text = title.get("text", "") if isinstance(title, dict) else title
+        spec = dict(spec, title={"text": text, "subtitle": "at " + ", ".join(values)})
+    return vl_convert.vegalite_to_png(spec, scale=scale)
+
+
 class MystNbRenderer:
     """myst-nb mime-render plugin: the site's HTML for a Vega-Lite v5 output.
 
@@ -170,13 +190,25 @@ class MystNbRenderer:
     that HTML itself: JupyterLab would rank text/html above the Vega-Lite renderer.
     """
 
-    mime_priority_overrides = [("html", MIME, 5), ("dirhtml", MIME, 5), ("singlehtml", MIME, 5)]
+    mime_priority_overrides = [("html", MIME, 5), ("dirhtml", MIME, 5), ("singlehtml", MIME, 5),
+                               ("latex", MIME, 5)]
 
     @staticmethod
     def handle_mime(renderer, data, inline):
         if data.mime_type != MIME or inline:
             return None
         from docutils import nodes
+
+        env = getattr(getattr(renderer, "renderer", None), "sphinx_env", None)
+        if env is not None and env.app.builder.format == "latex":
+            # In print, the figure at its controls' first values.
+            import base64
+            import dataclasses
+
+            png = static_png(data.content if isinstance(data.content, dict)
+                             else json.loads(data.content))
+            return renderer.render_image(dataclasses.replace(
+                data, mime_type="image/png", content=base64.b64encode(png).decode()))
 
         spec = data.content if isinstance(data.content, str) else json.dumps(data.content)
         # Inside <script>, only "</" could end the element early.
