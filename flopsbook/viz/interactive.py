@@ -177,7 +177,10 @@ def static_png(spec: dict, scale: float = 2.0) -> bytes:
     if values:   # print says which controls' values the figure shows
         title = spec.get("title", "")
         text = title.get("text", "") if isinstance(title, dict) else title
-        spec = dict(spec, title={"text": text, "subtitle": "at " + ", ".join(values)})
+        at = "at " + ", ".join(values)
+        # (Vega draws no subtitle under an empty title.)
+        spec = dict(spec, title={"text": text, "subtitle": at} if text else
+                    {"text": at, "fontSize": 11, "fontWeight": "normal"})
     return vl_convert.vegalite_to_png(spec, scale=scale)
 
 
