@@ -33,16 +33,45 @@ ANSWERS_DIR = Path(__file__).parent / "data" / "answers"
 RECORD_ENV = "FLOPSBOOK_RECORD_ANSWERS"
 DEFAULT_RTOL = 0.02   # a hand calculation with rounded intermediate values lands within 2%
 
-# The book's classic slips, as a ratio of a student's answer to the book's, with their causes.
-_SLIPS = (
-    (2.0, "2 FLOPs per multiply-add, causal attention's half of the scores, "
-          "forward + backward of a weight gradient, or one- vs two-direction bandwidth"),
-    (3.0, "training is forward + backward = 3 x the forward pass"),
-    (6.0, "C = 6ND is 2 FLOPs per multiply-add x 3 for training"),
-    (4.0, "two factors of 2 (bytes per value, multiply-adds, causal halving)"),
-    (8.0, "bits vs bytes"),
-    (2**30 / 1e9, "GiB vs GB, 2^30 = 1.074e9 bytes, not 1e9"),
-)
+# The book's classic slips: a ratio of a student's answer to the book's and its usual causes, by
+# what the answer measures (its unit). Short: a 15-part check prints one line per part.
+_SLIPS = {
+    "bytes": ((2, "K and V both, 2 bytes per 16-bit value, or all-reduce = 2 x all-gather"),
+              (4, "4-byte fp32 vs 1-byte int8 or 2 x 2 bytes"),
+              (8, "bits vs bytes"),
+              (16, "16 bytes per parameter for mixed-precision Adam"),
+              (2**30 / 1e9, "GiB vs GB: 2^30 bytes, not 10^9"),
+              (2**20 / 1e6, "MiB vs MB: 2^20 bytes, not 10^6")),
+    "time": ((24, "hours vs days"), (60, "minutes vs hours or seconds vs minutes"),
+             (3, "training = forward + backward = 3 x forward"),
+             (2, "2 FLOPs per multiply-add, causal half, sparse vs dense peak"),
+             (6, "6ND: 2 FLOPs per multiply-add x 3 for training")),
+    "flops": ((2, "2 FLOPs per multiply-add, or causal attention's half of the scores"),
+              (3, "training = forward + backward = 3 x forward"),
+              (6, "6ND: 2 FLOPs per multiply-add x 3 for training"),
+              (4, "two factors of 2 (multiply-adds, causal halving)")),
+    "percent": ((100, "a percentage, not a fraction"),
+                (2, "sparse vs dense peak, or 2 FLOPs per multiply-add"),
+                (3, "6ND vs 2ND: training is 3 x forward")),
+    "other": ((2, "a factor of 2 (a convention: multiply-adds, causal, both K and V)"),
+              (3, "a factor of 3 (forward vs training)"),
+              (6, "a factor of 6 (6ND)"),
+              (4, "two factors of 2")),
+}
+
+
+def _kind(unit: str) -> str:
+    u = unit.lower()
+    if "%" in u:
+        return "percent"
+    if "byte" in u or any(w in unit for w in ("GB", "GiB", "MB", "MiB", "TB", "KB")):
+        return "bytes"
+    if "flop" in u:
+        return "flops"
+    if u.split(" ")[0] in ("s", "ms", "days", "hours", "gpu-days", "minutes", "seconds") \
+            or "days" in u:
+        return "time"
+    return "other"
 
 
 class Checked:
@@ -139,26 +168,27 @@ def _number(name: str, value) -> float:
     return value
 
 
-def _verdict(answer: float, expected: float, rtol: float) -> tuple[bool, str]:
+def _verdict(answer: float, expected: float, rtol: float, unit: str) -> tuple[bool, str]:
     if abs(answer - expected) <= rtol * abs(expected) or answer == expected:
         return True, "correct"
     if expected == 0 or answer == 0 or (answer > 0) != (expected > 0):
         return False, "not right: check its sign and whether it can be zero"
     ratio = answer / expected
     near = max(rtol, 0.01)
-    for factor, why in _SLIPS:
+    for factor, why in _SLIPS[_kind(unit)]:
         for r in (factor, 1 / factor):
             if abs(ratio / r - 1) <= near:
-                size = f"{factor:.3g} times too large" if r > 1 else f"{factor:.3g} times too small"
+                size = f"{factor:.3g} times too {'large' if r > 1 else 'small'}"
                 return False, f"not right: about {size}. A classic slip: {why}"
     exponent = round(math.log10(abs(ratio)))
     if exponent != 0 and abs(math.log10(abs(ratio)) - exponent) <= math.log10(1 + near):
         direction = "large" if exponent > 0 else "small"
-        return False, (f"not right: it is about 10^{abs(exponent)} times too {direction}; "
-                       f"check the units (bytes vs GB, ms vs s, tokens vs thousands)")
+        return False, f"not right: about 10^{abs(exponent)} times too {direction}; check the unit"
     if abs(math.log10(abs(ratio))) >= 1:
         direction = "large" if ratio > 1 else "small"
         return False, f"not right: more than 10 times too {direction} (the order of magnitude)"
+    if rtol == 0:   # a count: no direction, which would let one bisect it
+        return False, "not the exact count: check < vs <= and rounding up or down"
     direction = "large" if ratio > 1 else "small"
     return False, f"not within {rtol * 100:.2g}% of the book's answer (yours is too {direction})"
 
@@ -166,8 +196,9 @@ def _verdict(answer: float, expected: float, rtol: float) -> tuple[bool, str]:
 def check(label: str, answer=None, *, part: str | None = None) -> Checked:
     """Whether ``answer`` to exercise ``label`` is right, within the exercise's tolerance.
 
-    Never shows the answer. A wrong answer gets a hint when it is off by a classic slip (a factor
-    of 2, 3, 4, 6 or 8, GiB vs GB, a power of ten). ``None`` (the student edition's placeholder)
+    Never shows the answer. A wrong answer gets a hint when it is off by a classic slip for what
+    it measures (bytes: 2, 4, 8, 16, GiB vs GB; FLOPs: 2, 3, 4, 6; times: 24, 60, 2, 3, 6;
+    percentages: 100, 2, 3; anything else: 2, 3, 4, 6) or by a power of ten. ``None`` (the student edition's placeholder)
     says what to fill in.
 
     Args:
@@ -215,7 +246,8 @@ def check(label: str, answer=None, *, part: str | None = None) -> Checked:
     name = f"{label} ({part})" if part is not None else label
     if answer is None:
         return Checked(label, None, f"{name}: replace None with your answer in {p['unit']}.")
-    verdict, text = _verdict(_number("answer", answer), _decode(label, part, p["code"]), p["rtol"])
+    verdict, text = _verdict(_number("answer", answer), _decode(label, part, p["code"]), p["rtol"],
+                             p["unit"])
     within = f"within {p['rtol'] * 100:.2g}%" if p["rtol"] else "exactly"
     return Checked(label, verdict, f"{name}: {text}." if not verdict
                    else f"{name}: correct ({within}).")

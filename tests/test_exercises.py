@@ -34,6 +34,12 @@ def toy(tmp_path, monkeypatch):
         dict(label="ex-toy-two", part="b", unit="sequences", prompt="batch", rtol=0.0,
              code=exercises._encode("ex-toy-two", "b", 83.0)),
         dict(label="ex-toy-words", no_number="it asks for an explanation"),
+        dict(label="ex-toy-flops", part=None, unit="FLOPs", prompt="training", rtol=0.02,
+             code=exercises._encode("ex-toy-flops", None, 6e23)),
+        dict(label="ex-toy-days", part=None, unit="days", prompt="time", rtol=0.02,
+             code=exercises._encode("ex-toy-days", None, 17.0)),
+        dict(label="ex-toy-pct", part=None, unit="% of peak", prompt="MFU", rtol=0.02,
+             code=exercises._encode("ex-toy-pct", None, 41.0)),
     ]
     monkeypatch.setattr(exercises, "ANSWERS_DIR", tmp_path)
     exercises.write_answers("toy", rows, tmp_path)
@@ -50,30 +56,39 @@ def test_within_the_tolerance(toy, answer, right):
     assert bool(fb.check("ex-toy-one", answer)) is right
 
 
-@pytest.mark.parametrize("answer, words", [
-    (3.0e9, "2 times too large. A classic slip: 2 FLOPs per multiply-add"),
-    (0.75e9, "2 times too small"),
-    (4.5e9, "3 times too large. A classic slip: training is forward + backward"),
-    (9.0e9, "6 times too large. A classic slip: C = 6ND"),
-    (0.25e9, "6 times too small"),
-    (1.5e9 * 2**30 / 1e9, "GiB vs GB"),
-    (1.5e6, "10^3 times too small; check the units"),
-    (1.5e15, "10^6 times too large"),
-    (4.0e11, "more than 10 times too large"),
-    (-1.5e9, "sign"),
-    (0, "sign"),
-    (1.7e9, "not within 2% of the book's answer (yours is too large)"),
+@pytest.mark.parametrize("label, answer, words", [
+    ("ex-toy-one", 3.0e9, "2 times too large. A classic slip: K and V both"),
+    ("ex-toy-one", 0.75e9, "2 times too small"),
+    ("ex-toy-one", 24e9, "16 times too large. A classic slip: 16 bytes per parameter"),
+    ("ex-toy-one", 1.5e9 * 2**30 / 1e9, "GiB vs GB"),
+    ("ex-toy-one", 1.5e6, "10^3 times too small; check the unit"),
+    ("ex-toy-one", 1.5e15, "10^6 times too large"),
+    ("ex-toy-one", 4.0e11, "more than 10 times too large"),
+    ("ex-toy-one", -1.5e9, "sign"),
+    ("ex-toy-one", 0, "sign"),
+    ("ex-toy-one", 1.7e9, "not within 2% of the book's answer (yours is too large)"),
+    ("ex-toy-one", 4.5e9, "not within 2%"),   # a factor of 3 is no slip for bytes
+    ("ex-toy-flops", 1.2e24, "2 times too large. A classic slip: 2 FLOPs per multiply-add"),
+    ("ex-toy-flops", 2e23, "3 times too small. A classic slip: training = forward + backward"),
+    ("ex-toy-flops", 1e23, "6 times too small. A classic slip: 6ND"),
+    ("ex-toy-flops", 6e23 * 1.0737, "not within 2%"),   # no GiB hint for FLOPs
+    ("ex-toy-days", 17 * 24, "24 times too large. A classic slip: hours vs days"),
+    ("ex-toy-days", 51, "3 times too large"),
+    ("ex-toy-pct", 0.41, "100 times too small. A classic slip: a percentage, not a fraction"),
 ])
-def test_hints_name_the_slip_without_the_answer(toy, answer, words):
-    result = fb.check("ex-toy-one", answer)
+def test_hints_name_the_slip_for_the_unit_without_the_answer(toy, label, answer, words):
+    result = fb.check(label, answer)
     assert not result and result.correct is False
     assert words in result.message
-    assert "1.5" not in result.message and "1500" not in result.message
+    for shown in ("1.5", "1500", "6e", "17", "41"):
+        assert shown not in result.message.replace(label, "")
 
 
 def test_exact_answers_and_parts(toy):
     assert fb.check("ex-toy-two", 83, part="b").message == "ex-toy-two (b): correct (exactly)."
-    assert not fb.check("ex-toy-two", 84, part="b")
+    for near in (82, 84):   # a count: no direction to bisect it with
+        assert fb.check("ex-toy-two", near, part="b").message == (
+            "ex-toy-two (b): not the exact count: check < vs <= and rounding up or down.")
     both = fb.check("ex-toy-two", {"a": 12.1, "b": 83})
     assert both and both.message.count("correct") == 2
     assert fb.check("ex-toy-two", {"a": 12.1, "b": 82}).correct is False

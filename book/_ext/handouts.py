@@ -46,9 +46,10 @@ class ProblemSet(SphinxDirective):
         title = plans[plan_key]["weeks"][w - 1].get("title", "")
         chosen = [(label, optional) for label, wk, optional in placements(plans[plan_key]) if wk == w]
         required = sum(1 for _, optional in chosen if not optional)
-        intro = nodes.paragraph(text=f"Week {w}: {title}. {required} required exercises"
-                                + (f" and {len(chosen) - required} optional ones (marked)."
-                                   if len(chosen) > required else "."))
+        optional = len(chosen) - required
+        intro = nodes.paragraph(text=f"Week {w}: {title}. {required} required "
+                                + ("exercise" if required == 1 else "exercises")
+                                + (f" and {optional} optional (marked)." if optional else "."))
         out = [intro]
         for label, optional in chosen:
             out.append(exercise_copy(label=label, optional=optional))
@@ -96,18 +97,32 @@ class CopyExercises(SphinxPostTransform):
             head = nodes.paragraph()
             link = addnodes.pending_xref("", refdomain="std", reftype="ref", reftarget=label,
                                          refexplicit=True, refdoc=self.env.docname)
-            link += nodes.strong(text=f"Exercise {number}")   # links to it in its chapter
-            head += link
-            head += nodes.strong(text=" (optional)" if node["optional"] else "")
+            link += nodes.Text(f"Exercise {number}")   # links to it in its chapter
+            head += nodes.strong("", "", link)
+            if node["optional"]:
+                head += nodes.strong(text=" (optional)")
             head += nodes.Text(f" — {chapter}")
             box = nodes.container(classes=["fb-handout-exercise"])
             box += head
             for child in body.children:
                 piece = child.deepcopy()   # docutils's: copy.deepcopy would follow .parent up
-                for n in piece.findall(nodes.Element):
+                for n in list(piece.findall(nodes.Element)):
                     n["ids"] = []   # the chapter keeps the anchors; a copy must not repeat them
+                    if isinstance(n, addnodes.pending_xref):
+                        n["refdoc"] = self.env.docname   # resolve the link from the handout
+                    elif isinstance(n, nodes.reference) and n.get("refid"):
+                        self._to_chapter(n, docname)
                 box += piece
             node.replace_self(box)
+
+    def _to_chapter(self, ref, docname):
+        """A link to an anchor of the chapter's own page now points into that page."""
+        if self.app.builder.format == "html":
+            ref["refuri"] = (self.app.builder.get_relative_uri(self.env.docname, docname)
+                             + "#" + ref["refid"])
+            del ref["refid"]
+        else:   # in print the handout is a document of its own: the text, without the link
+            ref.replace_self(ref.children)
 
 
 def _outdated(app, env, added, changed, removed):
