@@ -75,6 +75,11 @@ def lectures(plan):
     return [lec for week in COURSE["plans"][plan]["weeks"] for lec in week["lectures"]]
 
 
+def named(lec):
+    """The sections a lecture names: read before it, taught, read after it."""
+    return lec.get("pre_reading", []) + lec["sections"] + lec.get("reading", [])
+
+
 def chapter_of(label):
     body = label.split("-", 1)[1]
     return max((s for s in CHAPTERS if body == s or body.startswith(s + "-")), key=len)
@@ -108,19 +113,19 @@ def test_prerequisites_agree_with_the_chapters_tables():
 @pytest.mark.parametrize("plan", PLANS)
 def test_every_section_named_exists_in_its_notebook(plan):
     for lec in lectures(plan):
-        for label in lec["sections"] + lec.get("reading", []) + [lec["activity"]["section"]]:
+        for label in named(lec) + [lec["activity"]["section"]]:
             assert label in SECTIONS[chapter_of(label)], (lec["title"], label)
 
 
 @pytest.mark.parametrize("plan", PLANS)
 def test_each_plan_covers_every_section(plan):
-    named = {label for lec in lectures(plan)
-             for label in lec["sections"] + lec.get("reading", []) + [lec["activity"]["section"]]}
+    placed = {label for lec in lectures(plan)
+              for label in named(lec) + [lec["activity"]["section"]]}
     structural = ("-mistakes", "-takeaways", "-exercises", "-references")
     for stem, labels in SECTIONS.items():
         for label, level in labels.items():
             if level == 2 and not label.endswith(structural):
-                assert label in named, f"{plan}: {label} is neither taught nor read"
+                assert label in placed, f"{plan}: {label} is neither taught nor read"
 
 
 @pytest.mark.parametrize("plan", PLANS)
@@ -142,9 +147,10 @@ def test_problem_sets_follow_their_chapters(plan):
     taught = {}
     for w, week in enumerate(COURSE["plans"][plan]["weeks"], 1):
         for lec in week["lectures"]:
-            for label in lec["sections"] + lec.get("reading", []):
-                stem = chapter_of(label)
+            mine = {chapter_of(label) for label in named(lec)}   # taught together
+            for stem in mine:
                 taught.setdefault(stem, w)
+            for stem in mine:
                 for dep in COURSE["chapters"][stem]["requires"]:
                     assert dep in taught, f"{plan}: {stem} before {dep}, which it requires"
         ps = week["problem_set"]
@@ -192,6 +198,35 @@ def test_misconceptions_are_extracted_from_common_mistakes(stem):
     assert "{eval}" not in " ".join(leads)   # a glued value pastes only on its own page
 
 
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_mistakes_show_each_lead_in_and_its_first_sentence(stem):
+    items = ext.mistakes(NOTEBOOKS[stem], stem)
+    leads = ext.misconceptions(NOTEBOOKS[stem], stem)
+    assert len(items) == len(leads)
+    text = " ".join(markdown(stem).split())
+    section = text[text.index(f"(ch-{stem}-mistakes)="):text.index(f"(ch-{stem}-takeaways)=")]
+    for item, lead in zip(items, leads):
+        assert item.startswith("**" + lead) and item in section, item
+        assert "{eval}" not in item and item.count("$") % 2 == 0 and item.count("`") % 2 == 0
+        rest = item[item.index("**", 2) + 2:]
+        assert rest == "" or rest.endswith("."), item   # a whole sentence, or the lead-in alone
+    assert sum(item.endswith(".") for item in items) > len(items) / 2   # most have a sentence
+
+
+def test_first_sentence_keeps_math_and_roles_whole():
+    assert ext.first_sentence(" $a = 1.5. b$ holds. Next.") == "$a = 1.5. b$ holds."
+    assert ext.first_sentence(" see {ref}`x. y` here, e.g. this. Next.") == \
+        "see {ref}`x. y` here, e.g. this."
+    assert ext.first_sentence(", which\n  spans lines") == ", which spans lines"
+    nb = {"cells": [{"cell_type": "markdown", "source": (
+        "(ch-x-mistakes)=\n## Common mistakes\n\n- **One.** First $2mkn$. Second.\n"
+        "- **Two**, which runs on\n  over lines. Then more.\n"
+        "- **Three.** It is {eval}`g.v` bytes. More.\n\nA closing paragraph.\n\n"
+        "(ch-x-takeaways)=\n## Takeaways\n\n- **Not one.** text\n")}]}
+    assert ext.mistakes(nb, "x") == ["**One.** First $2mkn$.",
+                                     "**Two**, which runs on over lines.", "**Three.**"]
+
+
 def test_misconception_extraction_reads_bullets_and_numbers():
     nb = {"cells": [{"cell_type": "markdown", "source": (
         "(ch-x-mistakes)=\n## Common mistakes\n\n- **One.** text\n"
@@ -199,6 +234,16 @@ def test_misconception_extraction_reads_bullets_and_numbers():
         "(ch-x-takeaways)=\n## Takeaways\n\n- **Not one.** text\n")},
         {"cell_type": "markdown", "source": "(ch-x-exercises)=\n## Exercises\n"}]}
     assert ext.misconceptions(nb, "x") == ["One", "Two", "Three $2mkn$"]
+
+
+def test_a_pre_reading_is_rendered_before_the_sections():
+    plan = {"weeks": [{"title": "W", "problem_set": {"required": []}, "lectures": [{
+        "title": "L", "pre_reading": ["ch-a-pre"], "sections": ["ch-a-b"], "reading": [],
+        "objectives": ["o", "p"], "minutes": 65,
+        "activity": {"kind": "figure", "section": "ch-a-b", "minutes": 15, "text": "t"}}]}]}
+    text = ext.plan_markdown({"plans": {"p": plan}}, "p", [], {})
+    assert text.index("**Read before the lecture.**") < text.index("ch-a-pre>") \
+        < text.index("**Sections.**")
 
 
 def test_the_extension_finds_no_problem():

@@ -1,10 +1,10 @@
 """The syllabus page (``book/syllabus.md``), rendered from one source: ``book/course.yml``.
 
 ``course.yml`` holds the course plan as data: each chapter's prerequisites and two plans
-(weeks of lectures, each with its sections, objectives, in-class activity and minutes, and a
-problem set of exercise labels). The directives below turn it into MyST text and parse that,
-so every section and exercise is a ``{numref}``/``{ref}`` that the nitpicky build resolves
-(and fails on when a label goes away):
+(weeks of lectures, each with the sections it teaches, those to read before it and after it,
+objectives, in-class activity and minutes, and a problem set of exercise labels). The
+directives below turn it into MyST text and parse that, so every section and exercise is a
+``{numref}``/``{ref}`` that the nitpicky build resolves (and fails on when a label goes away):
 
 ``{course-graph}``
     the chapters' dependency graph, drawn with matplotlib into ``book/_generated/`` (a PNG,
@@ -17,8 +17,9 @@ so every section and exercise is a ``{numref}``/``{ref}`` that the nitpicky buil
 ``{course-problem-sets}``
     a table: which problem set of each plan each chapter's exercises are in.
 ``{course-misconceptions}``
-    each chapter's "Common mistakes", by their bold lead-ins, read from the notebooks when the
-    page is built (not retyped here).
+    each chapter's "Common mistakes": each item's bold lead-in and the first sentence after it
+    (the lead-in alone where that sentence holds an ``{eval}`` role), read from the notebooks
+    when the page is built (not retyped here).
 
 In the PDF, the problem sets' exercise numbers link as sphinx-exercise's own references do
 (``ExerciseNumbersInLatex``).
@@ -154,13 +155,63 @@ def exercise_labels(nb: dict) -> list[str]:
     return labels
 
 
-def misconceptions(nb: dict, stem: str) -> list[str]:
-    """The bold lead-ins of the chapter's "Common mistakes" items (MyST), in order."""
+def _mistake_matches(nb: dict, stem: str):
+    """(lead-in match, the item's text after the lead-in) for each "Common mistakes" item."""
     section = sections(nb).get(f"ch-{stem}-mistakes")
     if section is None:
         return []
-    leads = [" ".join(m.group(1).split()) for m in _LEAD_IN.finditer(section["markdown"])]
+    text = section["markdown"]
+    found = list(_LEAD_IN.finditer(text))
+    out = []
+    for m, after in itertools.zip_longest(found, found[1:]):
+        end = after.start() if after else len(text)
+        rest = text[m.end():end].split("\n\n", 1)[0]   # an item ends at the next or a blank line
+        out.append((m, rest))
+    return out
+
+
+def misconceptions(nb: dict, stem: str) -> list[str]:
+    """The bold lead-ins of the chapter's "Common mistakes" items (MyST), in order."""
+    leads = [" ".join(m.group(1).split()) for m, _ in _mistake_matches(nb, stem)]
     return [lead[:-1] if lead.endswith((".", ":")) else lead for lead in leads]
+
+
+def first_sentence(text: str) -> str:
+    """``text`` up to its first sentence end: the first ". " (or a final ".") outside math
+    (``$...$``) and inline code or roles (backticks), and not after an abbreviation; all of
+    ``text`` if it has none. Whitespace is collapsed."""
+    text = " ".join(text.split())
+    math = code = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "`" and not math:
+            code = not code
+        elif ch == "$" and not code and not (i and text[i - 1] == "\\"):   # \$ is a dollar
+            if text.startswith("$$", i):
+                i += 1
+            math = not math
+        elif (ch == "." and not (math or code) and (i + 1 == len(text) or text[i + 1] == " ")
+              and not re.search(r"(?:\b(?:e\.g|i\.e|cf|vs|etc|al|Fig|Eq|Sec|Ch|No))$", text[:i])):
+            return text[:i + 1]
+        i += 1
+    return text
+
+
+def mistakes(nb: dict, stem: str) -> list[str]:
+    """Each "Common mistakes" item as the syllabus shows it (MyST): the bold lead-in followed
+    by the rest of the item's first sentence after it, cut at the first sentence end after the
+    lead-in (math and roles kept whole). Where that sentence holds an ``{eval}`` role, whose
+    glued value only the chapter's own page can paste, the lead-in alone."""
+    items = []
+    for m, rest in _mistake_matches(nb, stem):
+        lead = "**" + " ".join(m.group(1).split()) + "**"
+        sentence = first_sentence(rest)
+        if "{eval}" in sentence or not sentence:
+            items.append(lead)
+        else:
+            items.append(lead + ("" if sentence[0] in ",;:.)" else " ") + sentence)
+    return items
 
 
 def prerequisites(nb: dict) -> list[tuple[str, str]]:
@@ -213,8 +264,14 @@ def _chapter_of(label: str, stems) -> str | None:
     return max(matches, key=len) if matches else None
 
 
+def lecture_labels(lecture: dict) -> list[str]:
+    """The sections a lecture names: read before it (``pre_reading``), taught, read after."""
+    return ((lecture.get("pre_reading") or []) + (lecture.get("sections") or [])
+            + (lecture.get("reading") or []))
+
+
 def lecture_chapters(lecture: dict, stems) -> list[str]:
-    labels = lecture.get("sections", []) + lecture.get("reading", [])
+    labels = lecture_labels(lecture)
     labels += [lecture["activity"]["section"]] if lecture.get("activity") else []
     return list(dict.fromkeys(c for c in (_chapter_of(lbl, stems) for lbl in labels) if c))
 
@@ -247,7 +304,7 @@ def problems(course: dict, notebooks: dict[str, dict], toc: list[str]) -> list[s
         placed: set[str] = set()
         for w, n, lec in lectures(plan):
             at = f"{where}, lecture {n}"
-            labels = lec.get("sections", []) + lec.get("reading", [])
+            labels = lecture_labels(lec)
             for label in labels:
                 stem = _chapter_of(label, stems)
                 if stem is None or label not in secs.get(stem, {}):
@@ -275,8 +332,10 @@ def problems(course: dict, notebooks: dict[str, dict], toc: list[str]) -> list[s
                 elif not has_kind(sec, kind):
                     out.append(f"{at}: {label} holds no {kind}")
             placed.update(labels + ([act["section"]] if act.get("section") else []))
-            for stem in lecture_chapters(lec, stems):
+            mine = lecture_chapters(lec, stems)
+            for stem in mine:   # a lecture's chapters count as taught together
                 taught.setdefault(stem, w)
+            for stem in mine:
                 for dep in chapters.get(stem, {}).get("requires") or []:
                     if dep not in taught:
                         out.append(f"{at}: chapter {stem} comes before {dep}, which it requires")
@@ -491,6 +550,9 @@ def plan_markdown(course: dict, key: str, order: list[str], titles: dict[str, st
             last_week = w
         act = lec["activity"]
         lines += [f"({lecture_anchor(key, n)})=", f"{h}# Lecture {n}: {lec['title']}", ""]
+        if lec.get("pre_reading"):
+            lines += ["**Read before the lecture.** "
+                      + "; ".join(_section_ref(s, titles) for s in lec["pre_reading"]) + ".", ""]
         lines += ["**Sections.** " + "; ".join(_section_ref(s, titles) for s in lec["sections"])
                   + ".", ""]
         if lec.get("reading"):
@@ -574,7 +636,7 @@ def misconceptions_markdown(course: dict, notebooks: dict[str, dict]) -> str:
     for stem in course["chapters"]:
         lines += [f"**{_chapter_ref(stem)}, {{ref}}`ch-{stem}`** "
                   f"({{ref}}`its common mistakes <ch-{stem}-mistakes>`):", ""]
-        lines += [f"- {lead}" for lead in misconceptions(notebooks[stem], stem)] + [""]
+        lines += [f"- {item}" for item in mistakes(notebooks[stem], stem)] + [""]
     return "\n".join(lines)
 
 

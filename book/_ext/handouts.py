@@ -103,6 +103,8 @@ class CopyExercises(SphinxPostTransform):
                 head += nodes.strong(text=" (optional)")
             head += nodes.Text(f" — {chapter}")
             box = nodes.container(classes=["fb-handout-exercise"])
+            # In print a heading is not left alone at the foot of a page (Sphinx loads needspace).
+            box += nodes.raw("", r"\needspace{6\baselineskip}", format="latex")
             box += head
             for child in body.children:
                 piece = child.deepcopy()   # docutils's: copy.deepcopy would follow .parent up
