@@ -37,20 +37,17 @@ PLACEHOLDERS = {
 
 
 def exercise_count() -> int:
-    count = 0
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for cell in json.loads(path.read_text())["cells"]:
-            if cell["cell_type"] == "markdown":
-                count += len(re.findall(r"^`{3,}\{exercise\}", "".join(cell["source"]), re.M))
-    return count
+    from flopsbook.editions import exercise_labels
+
+    return sum(len(exercise_labels(json.loads(path.read_text())))
+               for path in sorted((ROOT / "notebooks").glob("*.ipynb")))
 
 
 def handout_count(plan: str) -> int:
-    import yaml
+    sys.path.insert(0, str(ROOT / "book" / "_ext"))
+    from course import load_course, placements   # the handouts' own reader of the plan
 
-    course = yaml.safe_load((ROOT / "book" / "course.yml").read_text())
-    return sum(len(week.get("problem_set", {}).get(kind) or [])
-               for week in course["plans"][plan]["weeks"] for kind in ("required", "optional"))
+    return len(placements(load_course(ROOT)["plans"][plan]))
 
 
 def main(argv=None) -> int:

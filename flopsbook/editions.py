@@ -37,7 +37,7 @@ _LABEL = re.compile(r"^[ \t]*:label:[ \t]*(\S+)", re.M)
 _PLAIN_SOLUTION = re.compile(r"^(`{3,}|:{3,})\{solution\}.*?^\1[ \t]*$\n?", re.M | re.S)
 
 
-def _text(cell) -> str:
+def cell_text(cell) -> str:
     src = cell["source"]
     return src if isinstance(src, str) else "".join(src)
 
@@ -48,7 +48,7 @@ def exercise_labels(nb: dict) -> list[str]:
     for cell in nb["cells"]:
         if cell["cell_type"] != "markdown":
             continue
-        for m in _EXERCISE.finditer(_text(cell)):
+        for m in _EXERCISE.finditer(cell_text(cell)):
             found = _LABEL.search(m.group(2))
             if found:
                 labels.append(found.group(1))
@@ -67,7 +67,7 @@ def split_solutions(nb: dict) -> tuple[list, list]:
     """
     kept, removed, inside = [], [], False
     for cell in nb["cells"]:
-        text = _text(cell)
+        text = cell_text(cell)
         starts = cell["cell_type"] == "markdown" and SOLUTION_START in text
         if starts and inside:
             raise ValueError(f"a {SOLUTION_START} inside an open solution: {text[:60]!r}")
@@ -148,13 +148,13 @@ def _normal(text: str) -> str:
 
 def _prose(cell) -> str:
     """A markdown cell's plain prose: directive fences and options, math and roles cut to '|'."""
-    text = re.sub(r"^(`{3,}|:{3,}).*$|^:[\w-]+:.*$", " | ", _text(cell), flags=re.M)
+    text = re.sub(r"^(`{3,}|:{3,}).*$|^:[\w-]+:.*$", " | ", cell_text(cell), flags=re.M)
     return _MATH.sub(" | ", _normal(text))
 
 
 def searchable(cells: list) -> str:
     """The cells' text as ``fragments`` cuts it: a fragment of a cell is a substring of this."""
-    return " | ".join(_prose(c) if c["cell_type"] == "markdown" else _normal(_text(c))
+    return " | ".join(_prose(c) if c["cell_type"] == "markdown" else _normal(cell_text(c))
                       for c in cells)
 
 
@@ -162,7 +162,7 @@ def fragments(removed_cells: list) -> set[str]:
     """Distinctive pieces of the removed cells: runs of plain prose and long lines of code."""
     found = set()
     for cell in removed_cells:
-        text = _text(cell)
+        text = cell_text(cell)
         if cell["cell_type"] == "markdown":
             for run in _PROSE_RUN.findall(_prose(cell)):
                 run = run.strip(" ,.;:(")
@@ -179,7 +179,7 @@ def _file_text(path: Path) -> str:
     if path.suffix == ".ipynb":
         try:
             nb = json.loads(raw)
-            raw = "\n".join(_text(c) + "\n" + json.dumps(c.get("outputs", [])) for c in nb["cells"])
+            raw = "\n".join(cell_text(c) + "\n" + json.dumps(c.get("outputs", [])) for c in nb["cells"])
         except (ValueError, KeyError):
             pass
     elif path.suffix in (".html", ".htm"):
@@ -198,7 +198,7 @@ def leak_check(site: Path, notebooks: list[Path]) -> dict:
         nb = json.loads(Path(path).read_text())
         kept, removed = split_solutions(nb)
         frags |= set(fragments(removed))
-        visible.append(searchable(kept) + " | " + _normal("\n".join(_text(c) for c in kept)))
+        visible.append(searchable(kept) + " | " + _normal("\n".join(cell_text(c) for c in kept)))
     # A fragment that a student may see anyway (shared code, a line quoted in the prose) is no leak.
     visible = " | ".join(visible)
     frags = {f for f in frags if f not in visible}
@@ -228,17 +228,10 @@ def write_student_sources(dest: Path) -> Path:
     import yaml   # Jupyter Book's own dependency: the edition is built where the book is
 
     source = dest / "source"
-    if source.exists():
-        cache = source / "_build"
-        keep = tempfile.mkdtemp() if cache.exists() else None
-        if keep:
-            shutil.move(str(cache), keep)
-        shutil.rmtree(source)
-        source.mkdir(parents=True)
-        if keep:
-            shutil.move(str(Path(keep) / "_build"), str(cache))
-    else:
-        source.mkdir(parents=True)
+    source.mkdir(parents=True, exist_ok=True)
+    for old in source.iterdir():   # all but the build, whose execution cache a rebuild reuses
+        if old.name != "_build":
+            shutil.rmtree(old) if old.is_dir() and not old.is_symlink() else old.unlink()
     shutil.copytree(ROOT / "book", source / "book", ignore=shutil.ignore_patterns("_generated"))
     shutil.copy(ROOT / "_toc.yml", source / "_toc.yml")
     (source / "flopsbook").symlink_to(ROOT / "flopsbook")   # book/_ext/package_cache.py hashes it
@@ -272,7 +265,10 @@ def write_student_sources(dest: Path) -> Path:
 def build_student(dest: Path, *, strict: bool = True) -> int:
     dest = Path(dest).resolve()
     source = write_student_sources(dest)
-    cmd = ["jupyter-book", "build", str(source)] + (["-W", "-n", "--keep-going"] if strict else [])
+    # The jupyter-book of this Python's environment, also when that environment is not activated.
+    beside = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(beside) if beside.exists() else "jupyter-book", "build", str(source)]
+    cmd += ["-W", "-n", "--keep-going"] if strict else []
     rc = subprocess.call(cmd)
     if rc:
         return rc

@@ -209,9 +209,9 @@ def test_a_check_cell_follows_every_numeric_exercise(path):
     cells = editions.student_notebook(_nb(path))["cells"]
     for label in editions.exercise_labels(_nb(path)):
         at = next(i for i, c in enumerate(cells)
-                  if c["cell_type"] == "markdown" and f":label: {label}" in editions._text(c))
+                  if c["cell_type"] == "markdown" and f":label: {label}" in editions.cell_text(c))
         follows = cells[at + 1]
-        is_check = follows["cell_type"] == "code" and f'fb.check("{label}"' in editions._text(follows)
+        is_check = follows["cell_type"] == "code" and f'fb.check("{label}"' in editions.cell_text(follows)
         assert is_check == ("parts" in keys[label]), label
 
 
@@ -219,7 +219,7 @@ def test_a_check_cell_runs_and_asks_for_every_part():
     keys = exercises.exercises()
     label = next(k for k, v in keys.items() if len(v.get("parts", ())) >= 3)
     cell = editions.check_cell(label, keys[label], "x")
-    result = eval(editions._text(cell).split("\n", 1)[1], {"fb": fb})
+    result = eval(editions.cell_text(cell).split("\n", 1)[1], {"fb": fb})
     assert result.correct is None
     assert result.message.count("replace None") == len(keys[label]["parts"])
 
@@ -235,7 +235,7 @@ def test_instructor_only_cells_and_plain_solutions_are_cut():
         {"cell_type": "markdown", "metadata": {}, "source": "Next section"},
     ]}
     kept, removed = editions.split_solutions(nb)
-    assert [editions._text(c) for c in kept] == ["```{exercise}\n:label: ex-x\n\nQ?\n```\nafter",
+    assert [editions.cell_text(c) for c in kept] == ["```{exercise}\n:label: ex-x\n\nQ?\n```\nafter",
                                                  "Next section"]
     assert len(removed) == 5
     with pytest.raises(ValueError, match="without its"):

@@ -50,6 +50,10 @@ from sphinx.transforms.post_transforms import SphinxPostTransform
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
+# One reader of the notebooks' exercises for the book: the student edition's (it is what
+# decides which exercises get a check cell, so the syllabus must see the same ones).
+from flopsbook.editions import cell_text, exercise_labels
+
 logger = logging.getLogger(__name__)
 
 COURSE = Path("book") / "course.yml"
@@ -63,8 +67,6 @@ STRUCTURAL = ("mistakes", "takeaways", "exercises", "references")
 
 _LABEL = re.compile(r"^\((ch-[\w-]+)\)=[ \t]*$", re.M)
 _HEADING = re.compile(r"(#{1,6})[ \t]")
-_EXERCISE = re.compile(r"^(`{3,}|:{3,})\{exercise\}[^\n]*\n((?:[ \t]*:[\w-]+:[^\n]*\n)*)", re.M)
-_EXERCISE_LABEL = re.compile(r"^[ \t]*:label:[ \t]*(\S+)", re.M)
 # A "Common mistakes" item: "- **Lead-in.** text" or "1. **Lead-in** text".
 _LEAD_IN = re.compile(r"^(?:[-*+]|\d+[.)])[ \t]+\*\*(.+?)\*\*", re.M | re.S)
 _PREREQUISITE = re.compile(
@@ -72,10 +74,6 @@ _PREREQUISITE = re.compile(
 
 
 # ---- reading the sources (tests/test_course.py uses these too) ---------------------------------
-
-def _text(cell: dict) -> str:
-    src = cell["source"]
-    return src if isinstance(src, str) else "".join(src)
 
 
 def load_course(root: Path) -> dict:
@@ -123,7 +121,7 @@ def sections(nb: dict) -> dict[str, dict]:
     found: dict[str, dict] = {}
     current = None   # a section runs on over cells until the next label
     for cell in nb["cells"]:
-        text = _text(cell)
+        text = cell_text(cell)
         if cell["cell_type"] == "code":
             if current is not None:
                 found[current]["code"].append(text)
@@ -141,18 +139,6 @@ def sections(nb: dict) -> dict[str, dict]:
                             "markdown": body, "code": []}
             current = label
     return found
-
-
-def exercise_labels(nb: dict) -> list[str]:
-    """The labels of the notebook's exercises, in order."""
-    labels = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "markdown":
-            for m in _EXERCISE.finditer(_text(cell)):
-                found = _EXERCISE_LABEL.search(m.group(2))
-                if found:
-                    labels.append(found.group(1))
-    return labels
 
 
 def _mistake_matches(nb: dict, stem: str):
@@ -216,7 +202,7 @@ def mistakes(nb: dict, stem: str) -> list[str]:
 
 def prerequisites(nb: dict) -> list[tuple[str, str]]:
     """(document stem, "Necessary" or "Helpful") for each {doc} row of the prerequisites table."""
-    text = "\n".join(_text(c) for c in nb["cells"] if c["cell_type"] == "markdown")
+    text = "\n".join(cell_text(c) for c in nb["cells"] if c["cell_type"] == "markdown")
     start = text.find("**Prerequisites")
     if start < 0:
         return []

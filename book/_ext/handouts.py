@@ -23,7 +23,9 @@ from course import load_course, placements   # book/_ext is on sys.path (local_e
 
 logger = logging.getLogger(__name__)
 
-HANDOUTS = {"four-week": "book/problem-sets-four-week", "ten-week": "book/problem-sets-ten-week"}
+def handouts(root) -> dict[str, str]:
+    """Each plan's handout page, by plan: ``book/problem-sets-<plan>`` (tests/test_course.py)."""
+    return {key: f"book/problem-sets-{key}" for key in load_course(Path(root)).get("plans", {})}
 
 
 class exercise_copy(nodes.General, nodes.Element):
@@ -130,7 +132,7 @@ class CopyExercises(SphinxPostTransform):
 def _outdated(app, env, added, changed, removed):
     # A handout shows chapters' statements: rewrite it when a chapter changes.
     if any(doc.startswith("notebooks/") for doc in (added | changed | removed)):
-        return [doc for doc in HANDOUTS.values() if doc in env.found_docs]
+        return [doc for doc in handouts(app.confdir).values() if doc in env.found_docs]
     return []
 
 

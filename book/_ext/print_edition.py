@@ -16,7 +16,7 @@ from __future__ import annotations
 from docutils import nodes
 from sphinx import addnodes
 
-from handouts import HANDOUTS   # book/_ext is on sys.path (local_extensions)
+from handouts import handouts   # book/_ext is on sys.path (local_extensions)
 
 
 def _newcommands(macros: dict) -> str:
@@ -49,7 +49,7 @@ def _handout_documents(app, env):
     config = app.config
     docs = list(config.latex_documents)
     book = env.titles[config.root_doc].astext()
-    for key, doc in HANDOUTS.items():
+    for key, doc in handouts(app.confdir).items():
         if doc in env.found_docs and all(d[0] != doc for d in docs):
             docs.append((doc, f"problem-sets-{key}.tex", f"{book}: {env.titles[doc].astext()}",
                          config.author or "", "howto"))
