@@ -29,11 +29,9 @@ from pathlib import Path
 import yaml
 from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
+from smoke_site import CHROMIUM, CHROMIUM_ARGS, HOST, block_off_loopback
+
 ROOT = Path(__file__).parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-HOST = "127.0.0.1"
 # Every cell in the DOM (JupyterLab 4 otherwise renders only the cells near the viewport), no
 # news or update checks, which would reach the internet from the server, and no autosave: the
 # run's outputs must never be written into the repository's notebook.
@@ -164,13 +162,7 @@ def check(notebook: str, screenshot: Path | None) -> list[str]:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})
 
-                def route(r):
-                    if r.request.url.startswith(base + "/") or r.request.url.startswith("data:"):
-                        return r.continue_()
-                    outside.append(r.request.url)
-                    return r.abort()
-
-                page.route("**/*", route)
+                block_off_loopback(page, outside.append)
                 page.goto(f"{base}/lab/tree/{notebook}?token={token}")
                 page.wait_for_function(READY_JS, timeout=90_000, polling=250)
                 t_open = time.monotonic()

@@ -24,7 +24,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 # The smoke test's loopback server, page list, browser and notion of "local" (one definition).
-from smoke_site import CHROMIUM, CHROMIUM_ARGS, HOST, find_pages as site_pages, is_local, serve
+from smoke_site import (CHROMIUM, CHROMIUM_ARGS, HOST, block_off_loopback, find_pages as site_pages,
+                        serve)
 
 TARGET_BYTES = 2_000_000
 TARGET_READABLE_S = 1.5
@@ -76,20 +77,13 @@ def measure_once(browser, url: str, outside: list[str]) -> tuple[int, int, float
     page = context.new_page()
     sizes: dict[str, int] = {}
 
-    def route(r):
-        if is_local(r.request.url):
-            r.continue_()
-        else:
-            outside.append(f"{url}: {r.request.url}")
-            r.abort()
-
     def on_response(r):
         try:
             sizes[r.url] = len(r.body())
         except Exception:  # a redirect or an aborted response has no body
             sizes.setdefault(r.url, 0)
 
-    page.route("**/*", route)
+    block_off_loopback(page, lambda request: outside.append(f"{url}: {request}"))
     page.on("response", on_response)
     try:
         page.goto(url, wait_until="load")

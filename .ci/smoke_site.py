@@ -144,6 +144,18 @@ def is_local(url: str) -> bool:
     return parts.scheme in ("data", "blob", "about") or parts.hostname == HOST
 
 
+def block_off_loopback(page, blocked) -> None:
+    """Abort every request of ``page`` that would leave loopback, telling ``blocked`` its URL."""
+    def route(r):
+        if is_local(r.request.url):
+            r.continue_()
+        else:
+            blocked(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+
+
 def check_math(page) -> list[str]:
     scripts = page.evaluate("() => Array.from(document.scripts).map(s => s.src).filter(s => /mathjax/i.test(s))")
     problems = [f"MathJax JavaScript loaded (the math is typeset at build time): {scripts}"] if scripts else []
@@ -177,14 +189,7 @@ def check_page(browser, base: str, site: Path, rel: Path, shots: Path) -> list[s
     page.on("response", lambda r: r.status >= 400 and problems.append(
         f"HTTP {r.status}: {r.url}"))
 
-    def route(r):
-        if is_local(r.request.url):
-            r.continue_()
-        else:
-            problems.append(f"external request blocked: {r.request.url}")
-            r.abort()
-
-    page.route("**/*", route)
+    block_off_loopback(page, lambda url: problems.append(f"external request blocked: {url}"))
     try:
         page.goto(url, wait_until="load")
         # index.html is a meta-refresh to the first chapter: check where it lands.
