@@ -291,3 +291,56 @@ def test_each_plan_has_a_handout_with_every_problem_set_in_order(plan):
     assert weeks == [(str(w), plan, str(w)) for w in range(1, n + 1)]
     assert page.count("{problem-set}") == n
     assert f"book/problem-sets-{plan}" in (ROOT / "_toc.yml").read_text()
+
+
+# ---- the problems themselves (issue 18) ---------------------------------------------------------
+
+def _exercises_with_class(stem):
+    found = []
+    for m in re.finditer(r"```\{exercise\}[^\n]*\n((?::[\w-]+:[^\n]*\n)*)", markdown(stem)):
+        label = re.search(r":label: (ex-[\w-]+)", m.group(1))
+        classes = re.search(r":class: ([^\n]*)", m.group(1))
+        found.append((label.group(1), classes.group(1).split() if classes else []))
+    return found
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_each_chapter_has_eight_exercises_a_third_of_them_derivations(stem):
+    found = _exercises_with_class(stem)
+    derivations = [label for label, classes in found if "derivation" in classes]
+    assert len(found) >= 8, f"{stem}: {len(found)} exercises"
+    assert 3 * len(derivations) >= len(found), f"{stem}: {len(derivations)} of {len(found)}"
+
+
+def _instructor_cells(stem):
+    return [c for c in NOTEBOOKS[stem]["cells"]
+            if "instructor-only" in c.get("metadata", {}).get("tags", [])]
+
+
+@pytest.mark.parametrize("stem", CHAPTERS)
+def test_each_chapter_has_one_exam_question_with_a_marking_scheme_that_adds_up(stem):
+    cells = _instructor_cells(stem)
+    texts = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    exams = [t for t in texts if f"({'exam-' + stem})=" in t]
+    assert len(exams) == 1, f"{stem}: {len(exams)} exam questions"
+    total = re.search(r"```\{admonition\} Exam question \((\d+) marks\): \S", exams[0])
+    marks = [int(m) for m in re.findall(r"\*\*\((\d+) marks?\)\*\*", exams[0])]
+    assert total and len(marks) >= 3 and sum(marks) == int(total.group(1)), (total, marks)
+    assert "Marking scheme" in exams[0]
+    # its numbers are computed in its own instructor-only code cell, and never shipped as answers
+    code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    assert code and all("record_answer" not in c for c in code)
+    keys = set(re.findall(r"\{eval\}`g\.(\w+)`", exams[0]))
+    glued = set(re.findall(r"glue\(\s*[\"'](\w+)[\"']", "\n".join(code)))
+    assert keys <= glued, f"{stem}: exam keys glued elsewhere: {sorted(keys - glued)}"
+    assert ext.exams(NOTEBOOKS[stem]) and ext.exams(NOTEBOOKS[stem])[0][0] == f"exam-{stem}"
+
+
+def test_the_student_edition_drops_the_exam_questions():
+    from flopsbook import editions
+
+    stem = CHAPTERS[0]
+    assert ext.exams(NOTEBOOKS[stem])
+    assert ext.exams(editions.student_notebook(NOTEBOOKS[stem])) == []
+    text = ext.exams_markdown(COURSE, {stem: editions.student_notebook(NOTEBOOKS[stem])})
+    assert "instructor edition" in text

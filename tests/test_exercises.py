@@ -132,6 +132,24 @@ def test_record_answer_checks_the_shipped_answer(toy):
         exercises.record_no_number("ex-toy-one", "it asks for an explanation")
 
 
+def test_a_changed_answer_outside_the_build_is_a_new_problem(toy, monkeypatch):
+    """An instructor who edits an exercise's values and re-runs gets a consistent check."""
+    monkeypatch.delenv(exercises.VERIFY_ENV)
+    monkeypatch.setattr(exercises, "_LOCAL", {})
+    assert fb.check("ex-toy-two", 12.0, part="a")
+    with pytest.warns(UserWarning, match="new problem"):
+        exercises.record_answer("ex-toy-two", 24.0, unit="ms", prompt="latency", part="a")
+    assert fb.check("ex-toy-two", 24.0, part="a") and not fb.check("ex-toy-two", 12.0, part="a")
+    assert fb.check("ex-toy-two", 83.0, part="b")          # the part left alone keeps its answer
+    with pytest.warns(UserWarning, match="new problem"):
+        exercises.record_answer("ex-brand-new", 3.0, unit="s", prompt="time")
+    assert fb.check("ex-brand-new", 3.0) and not fb.check("ex-brand-new", 6.0)
+    with pytest.warns(UserWarning, match="new problem"):
+        exercises.record_no_number("ex-toy-one", "it now asks for a sketch")
+    with pytest.raises(ValueError, match="a sketch"):
+        fb.check("ex-toy-one", 1.5e9)
+
+
 def test_record_mode_appends_instead_of_checking(toy, tmp_path, monkeypatch):
     log = tmp_path / "rows.jsonl"
     monkeypatch.setenv(exercises.RECORD_ENV, str(log))
@@ -240,3 +258,64 @@ def test_instructor_only_cells_and_plain_solutions_are_cut():
     assert len(removed) == 5
     with pytest.raises(ValueError, match="without its"):
         editions.split_solutions({"cells": nb["cells"][2:4]})
+
+
+# ---- statements that follow the code (issue 18) ---------------------------------------------
+
+def _glued_keys(cells):
+    """Patterns of the keys the cells glue: glue("key", ...), or glue(f"ex_{name}_x", ...)."""
+    names = {m for c in cells if c["cell_type"] == "code"
+             for m in re.findall(r"glue\(\s*f?[\"']([\w{}\[\]\"'.]+)[\"']", editions.cell_text(c))}
+    return [re.compile(re.sub(r"\\\{[^}]*\\\}", r"\\w+", re.escape(n)) + "$") for n in names]
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_statements_paste_only_numbers_the_student_edition_computes(path):
+    """A statement's {eval} numbers are glued outside the worked solutions, so the student
+    edition (which deletes them) still prints every number of every statement."""
+    student = editions.student_notebook(_nb(path))
+    glued = _glued_keys(student["cells"])
+    for cell in student["cells"]:
+        if cell["cell_type"] == "markdown" and editions.exercise_labels({"cells": [cell]}):
+            keys = set(re.findall(r"\{eval\}`g\.(\w+)`", editions.cell_text(cell)))
+            lost = sorted(k for k in keys if not any(p.match(k) for p in glued))
+            assert not lost, f"{path.stem}: {lost} glued only in a solution"
+
+
+def _exercise_cells(nb, label):
+    """The parameter cells just before exercise ``label`` and its solution's code cells."""
+    cells = nb["cells"]
+    at = next(i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+              and label in editions.exercise_labels({"cells": [c]}))
+    params = []
+    for c in reversed(cells[:at]):
+        if c["cell_type"] != "code" or "Exercise parameters" not in editions.cell_text(c):
+            break
+        params.insert(0, editions.cell_text(c))
+    start = next(i for i in range(at, len(cells))
+                 if f"{{solution-start}} {label}" in editions.cell_text(cells[i]))
+    end = next(i for i in range(start, len(cells)) if "{solution-end}" in editions.cell_text(cells[i]))
+    return params, [editions.cell_text(c) for c in cells[start:end] if c["cell_type"] == "code"]
+
+
+def test_editing_an_exercise_value_makes_a_consistent_new_problem(tmp_path, monkeypatch):
+    """The landing page's promise: change a number in an exercise's parameter cell and re-run:
+    the statement, the worked solution and the recorded answer follow (here 32 -> 5 sequences
+    in the batched product of ex-matmuls-batch: 2 * (5 * 2048) * 12288 * 49152 FLOPs)."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    nb = _nb(ROOT / "notebooks" / "matmuls.ipynb")
+    setup = next(editions.cell_text(c) for c in nb["cells"] if c["cell_type"] == "code")
+    params, solution = _exercise_cells(nb, "ex-matmuls-batch")
+    assert params and solution and re.search(r"^batch_seqs = 32\b", params[0], re.M)
+    params[0] = re.sub(r"^batch_seqs = 32\b", "batch_seqs = 5", params[0], flags=re.M)
+    log = tmp_path / "rows.jsonl"
+    monkeypatch.setenv(exercises.RECORD_ENV, str(log))
+    namespace = {}
+    for code in [setup, *params, *solution]:
+        exec(TransformerManager().transform_cell(code), namespace)
+    from flopsbook.viz import g
+
+    assert str(g.ex_batch_seqs) == "5"                      # the statement's number
+    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert exercises._decode(row["label"], row["part"], row["code"]) == 2 * (5 * 2048) * 12288 * 49152

@@ -21,6 +21,11 @@ directives below turn it into MyST text and parse that, so every section and exe
     (the lead-in alone where that sentence holds an ``{eval}`` role), read from the notebooks
     when the page is built (not retyped here).
 
+``{course-exams}``
+    a table: each chapter's exam question (a multi-step estimate with its marking scheme, in
+    cells tagged ``instructor-only``), its title and marks; the student edition, which leaves
+    those cells out, says so instead.
+
 In the PDF, the problem sets' exercise numbers link as sphinx-exercise's own references do
 (``ExerciseNumbersInLatex``).
 
@@ -35,6 +40,7 @@ notebook, ``_toc.yml`` or this file changes (``env.note_dependency``).
 from __future__ import annotations
 
 import io
+import os
 import itertools
 import json
 import re
@@ -52,7 +58,8 @@ from sphinx.util.docutils import SphinxDirective
 
 # One reader of the notebooks' exercises for the book: the student edition's (it is what
 # decides which exercises get a check cell, so the syllabus must see the same ones).
-from flopsbook.editions import cell_text, exercise_labels
+from flopsbook import exercises as _exercises
+from flopsbook.editions import INSTRUCTOR_TAG, cell_text, exercise_labels
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +161,32 @@ def _mistake_matches(nb: dict, stem: str):
         rest = text[m.end():end].split("\n\n", 1)[0]   # an item ends at the next or a blank line
         out.append((m, rest))
     return out
+
+
+_EXAM = re.compile(r"\((exam-[\w-]+)\)=\s.*?Exam question \((\d+) marks\):\s*([^\n]+)", re.S)
+
+
+def exams(nb: dict) -> list[tuple[str, int, str]]:
+    """The chapter's exam questions: (label, total marks, title), from its instructor-only cells."""
+    found = []
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown" and \
+                INSTRUCTOR_TAG in cell.get("metadata", {}).get("tags", []):
+            found += [(m.group(1), int(m.group(2)), m.group(3).strip())
+                      for m in _EXAM.finditer(cell_text(cell))]
+    return found
+
+
+def exams_markdown(course: dict, notebooks: dict[str, dict]) -> str:
+    rows = [(stem, *exam) for stem in course["chapters"]
+            for exam in exams(notebooks.get(stem, {"cells": []}))]
+    if not rows:
+        return ("The student edition leaves the exam questions and their marking schemes out; "
+                "they are in the instructor edition of this page.")
+    lines = ["| Chapter | Exam question | Marks |", "|---|---|---|"]
+    lines += [f"| {_chapter_ref(stem, course['chapters'][stem].get('short', stem))} | "
+              f"[{title}](#{label}) | {total} |" for stem, label, total, title in rows]
+    return "\n".join(lines)
 
 
 def misconceptions(nb: dict, stem: str) -> list[str]:
@@ -731,6 +764,12 @@ class CourseMisconceptions(_CourseDirective):
         return self.parse(misconceptions_markdown(course, notebooks))
 
 
+class CourseExams(_CourseDirective):
+    def run(self):
+        course, notebooks = self.sources()
+        return self.parse(exams_markdown(course, notebooks))
+
+
 class ExerciseNumbersInLatex(SphinxPostTransform):
     """The PDF's links to another chapter's exercise, numbered as sphinx-exercise numbers them.
 
@@ -760,7 +799,11 @@ class ExerciseNumbersInLatex(SphinxPostTransform):
 
 
 def setup(app):
+    # The build executes the chapters: a worked solution whose number is not the shipped answer
+    # must fail it (a stale answer file), not make a new problem as in a reader's kernel.
+    os.environ.setdefault(_exercises.VERIFY_ENV, "1")
     app.add_post_transform(ExerciseNumbersInLatex)
+    app.add_directive("course-exams", CourseExams)
     app.add_directive("course-graph", CourseGraph)
     app.add_directive("course-chapters", CourseChapters)
     app.add_directive("course-plan", CoursePlan)
