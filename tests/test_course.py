@@ -323,7 +323,7 @@ def test_each_chapter_has_one_exam_question_with_a_marking_scheme_that_adds_up(s
     texts = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
     exams = [t for t in texts if f"({'exam-' + stem})=" in t]
     assert len(exams) == 1, f"{stem}: {len(exams)} exam questions"
-    total = re.search(r"```\{admonition\} Exam question \((\d+) marks\): \S", exams[0])
+    total = re.search(r"```\{admonition\} Exam question \((\d+) marks\): [A-Z0-9]", exams[0])
     marks = [int(m) for m in re.findall(r"\*\*\((\d+) marks?\)\*\*", exams[0])]
     assert total and len(marks) >= 3 and sum(marks) == int(total.group(1)), (total, marks)
     assert "Marking scheme" in exams[0]

@@ -321,12 +321,11 @@ def test_editing_an_exercise_value_makes_a_consistent_new_problem(tmp_path, monk
     assert exercises._decode(row["label"], row["part"], row["code"]) == 2 * (5 * 2048) * 12288 * 49152
 
 
-def test_every_exercise_but_four_has_a_number_to_check():
-    """Exercises are checkable by flopsbook.check; the four exceptions (a reader's own
-    measurements, a choice, and a derivation whose ratio the statement gives) are named, so a
-    new exercise without a number fails here. A derivation ends by evaluating its result."""
+def test_every_exercise_but_three_has_a_number_to_check():
+    """Exercises are checkable by flopsbook.check; the three exceptions (a reader's own
+    measurements and a derivation whose ratio the statement gives) are named, so a new exercise
+    without a number fails here. A derivation ends by evaluating its result."""
     keys = exercises.exercises()
     without = {label for label, key in keys.items() if "no_number" in key}
-    assert without == {"ex-throughput-triad", "ex-throughput-threads", "ex-parallelism-fit",
-                       "ex-parallelism-sp-xla"}
+    assert without == {"ex-throughput-triad", "ex-throughput-threads", "ex-parallelism-sp-xla"}
     assert len(keys) >= 8 * len(CHAPTERS)
