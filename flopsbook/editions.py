@@ -91,8 +91,8 @@ def split_solutions(nb: dict) -> tuple[list, list]:
 def check_cell(label: str, key: dict, cell_id: str) -> dict:
     """The student edition's code cell that checks the answers to exercise ``label``."""
     parts = key["parts"]
-    lines = ["# Your answer to this exercise: replace None with a number and run the cell.",
-             "# (check knows the answers for the exercise's values as the book prints them.)"]
+    lines = ["# Your answer: replace None with a number and run the cell.",
+             "# (check knows the answers to the values printed above.)"]
     if len(parts) == 1 and parts[0]["part"] is None:
         p = parts[0]
         lines.append(f'fb.check("{label}", None)   # {p["prompt"]}, in {p["unit"]}')

@@ -26,6 +26,9 @@ directives below turn it into MyST text and parse that, so every section and exe
     cells tagged ``instructor-only``), its title and marks; the student edition, which leaves
     those cells out, says so instead.
 
+An exercise marked ``:class: derivation`` says so in its title on the website
+(``book/_static/course.css``).
+
 In the PDF, the problem sets' exercise numbers link as sphinx-exercise's own references do
 (``ExerciseNumbersInLatex``).
 
@@ -798,7 +801,14 @@ class ExerciseNumbersInLatex(SphinxPostTransform):
                 node.replace_self(number)
 
 
+def _derivation_style(app, config):
+    # book/_static/course.css marks derivation exercises in their titles (HTML only).
+    config.html_static_path.append(str(Path(__file__).parents[1] / "_static"))
+
+
 def setup(app):
+    app.connect("config-inited", _derivation_style)
+    app.add_css_file("course.css")
     # The build executes the chapters: a worked solution whose number is not the shipped answer
     # must fail it (a stale answer file), not make a new problem as in a reader's kernel.
     os.environ.setdefault(_exercises.VERIFY_ENV, "1")

@@ -66,15 +66,17 @@ def _exercises(doctree) -> dict:
         body = next((n for n in node.findall(nodes.section)
                      if "exercise-content" in n.get("ids", ())), None)
         for ident in node.get("ids", ()):
-            found[ident] = body
+            found[ident] = (body, "derivation" in node.get("classes", ()))
     return found
 
 
 class CopyExercises(SphinxPostTransform):
-    """Fill each ``exercise_copy`` from its chapter (before references are resolved: priority 5,
-    so the copied glossary terms and cross-references resolve in the handout)."""
+    """Fill each ``exercise_copy`` from its chapter: before myst-nb picks each pasted number's
+    mime type (its ``SelectMimeType``, priority 4), so a glued number stays inline text as on its
+    chapter's page, and before references are resolved, so the copied glossary terms and
+    cross-references resolve in the handout."""
 
-    default_priority = 5
+    default_priority = 3
 
     def run(self, **kwargs):
         labels = self.env.domaindata["std"]["labels"]
@@ -88,7 +90,7 @@ class CopyExercises(SphinxPostTransform):
             docname, labelid, _ = labels[label]
             if docname not in exercises:
                 exercises[docname] = _exercises(self.env.get_doctree(docname))
-            body = exercises[docname].get(labelid)
+            body, derivation = exercises[docname].get(labelid, (None, False))
             if body is None:
                 logger.warning(f"problem-set: {label!r} is not an exercise", location=node)
                 node.replace_self([])
@@ -101,6 +103,8 @@ class CopyExercises(SphinxPostTransform):
                                          refexplicit=True, refdoc=self.env.docname)
             link += nodes.Text(f"Exercise {number}")   # links to it in its chapter
             head += nodes.strong("", "", link)
+            if derivation:   # as its title says on the chapter's page (book/_static/course.css)
+                head += nodes.emphasis(text=" · derivation")
             if node["optional"]:
                 head += nodes.strong(text=" (optional)")
             head += nodes.Text(f" — {chapter}")
