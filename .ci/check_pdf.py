@@ -64,9 +64,10 @@ def main(argv=None) -> int:
     low, high = HANDOUT_PAGES if args.handout else PAGES
     if not low <= pages <= high:
         failures.append(f"{pages} pages, outside {low}-{high}")
-    if args.handout:   # "Exercise 6.3 (optional) — Inference"
+    if args.handout:   # "Exercise 6.3 · derivation (optional) — Inference"
         n, want_solutions = handout_count(args.handout), 0
-        exercises = len(re.findall(r"^\s*Exercise \d+\.\d+( \(optional\))? — ", text, re.M))
+        exercises = len(re.findall(r"^\s*Exercise \d+\.\d+( · derivation)?( \(optional\))? — ",
+                                   text, re.M))
     else:              # the exercise's box title, on a line of its own
         n = want_solutions = exercise_count()
         exercises = len(re.findall(r"^\s*Exercise \d+\.\d+\s*$", text, re.M))

@@ -116,12 +116,33 @@ class CopyExercises(SphinxPostTransform):
                 piece = child.deepcopy()   # docutils's: copy.deepcopy would follow .parent up
                 for n in list(piece.findall(nodes.Element)):
                     n["ids"] = []   # the chapter keeps the anchors; a copy must not repeat them
-                    if isinstance(n, addnodes.pending_xref):
+                    if isinstance(n, addnodes.pending_xref) and n.get("refdomain") == "math" \
+                            and self.app.builder.format != "html":
+                        self._equation_number(n)
+                    elif isinstance(n, addnodes.pending_xref):
                         n["refdoc"] = self.env.docname   # resolve the link from the handout
                     elif isinstance(n, nodes.reference) and n.get("refid"):
                         self._to_chapter(n, docname)
                 box += piece
             node.replace_self(box)
+
+    def _equation_number(self, ref):
+        """In print, an equation reference is its number as text: the equation is in the book's
+        document, not the handout's, where LaTeX's \\eqref would print "??". Numbered as the
+        math domain numbers it (``math_numfig``: by chapter)."""
+        env, target = self.env, ref["reftarget"]
+        found = env.get_domain("math").equations.get(target)
+        if found is None:
+            logger.warning(f"problem-set: no equation {target!r}", location=ref)
+            ref.replace_self([])
+            return
+        docname, number = found
+        if env.config.math_numfig and env.config.numfig:
+            numbers = env.toc_fignumbers.get(docname, {}).get("displaymath", {}).get(
+                nodes.make_id(f"equation-{target}"), ())
+            number = env.config.math_numsep.join(".".join(map(str, numbers)).rsplit(".", 1))
+        ref.replace_self(nodes.Text((env.config.math_eqref_format or "({number})")
+                                    .format(number=number)))
 
     def _to_chapter(self, ref, docname):
         """A link to an anchor of the chapter's own page now points into that page."""
