@@ -329,3 +329,21 @@ def test_every_exercise_but_three_has_a_number_to_check():
     without = {label for label, key in keys.items() if "no_number" in key}
     assert without == {"ex-throughput-triad", "ex-throughput-threads", "ex-parallelism-sp-xla"}
     assert len(keys) >= 8 * len(CHAPTERS)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_every_derivation_checks_its_result_in_code(path):
+    """A "show that" is checked, not only argued: its worked solution's code asserts the derived
+    result against the package, the counting reference or a search."""
+    cells = _nb(path)["cells"]
+    for at, cell in enumerate(cells):
+        text = editions.cell_text(cell)
+        if cell["cell_type"] != "markdown" or not re.search(r"```\{exercise\}[^`]*?:class:[^\n]*derivation", text):
+            continue
+        label = re.search(r":label: (ex-[\w-]+)", text).group(1)
+        start = next(i for i in range(at, len(cells))
+                     if f"{{solution-start}} {label}" in editions.cell_text(cells[i]))
+        end = next(i for i in range(start, len(cells))
+                   if "{solution-end}" in editions.cell_text(cells[i]))
+        code = "\n".join(editions.cell_text(c) for c in cells[start:end] if c["cell_type"] == "code")
+        assert re.search(r"^\s*assert\b", code, re.M), f"{label}: its solution asserts nothing"
