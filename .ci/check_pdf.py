@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = (380, 700)   # 426 pages with 84 exercises; 544 with 105 exercises and 11 exam questions
+PAGES = (380, 700)   # 426 pages with 84 exercises; 546 with 105 exercises and 11 exam questions
 HANDOUT_PAGES = (8, 80)
 
 PLACEHOLDERS = {

@@ -92,7 +92,7 @@ def check_cell(label: str, key: dict, cell_id: str) -> dict:
     """The student edition's code cell that checks the answers to exercise ``label``."""
     parts = key["parts"]
     lines = ["# Your answer: replace None with a number and run the cell.",
-             "# (check knows the answers to the values printed above.)"]
+             "# (check knows the answers to the book's values, not to edited ones.)"]
     if len(parts) == 1 and parts[0]["part"] is None:
         p = parts[0]
         lines.append(f'fb.check("{label}", None)   # {p["prompt"]}, in {p["unit"]}')
@@ -124,11 +124,21 @@ def student_notebook(nb: dict, keys: dict | None = None) -> dict:
                                  f"`python -m flopsbook.editions answers`")
             if "parts" in keys[label]:
                 cells.append(check_cell(label, keys[label], f"check-{label}"))
-    out = dict(nb, cells=cells)
-    for cell in cells:
-        if cell["cell_type"] == "code":
-            cell["outputs"], cell["execution_count"] = [], None
-    return out
+    cells = [_student_code(c) if c["cell_type"] == "code" else c for c in cells]
+    return dict(nb, cells=cells)
+
+
+_PARAMETERS = re.compile(r"^# Exercise parameters \((ex-[\w-]+)\): [^\n]*")
+
+
+def _student_code(cell: dict) -> dict:
+    """A code cell without outputs (a copy: ``nb`` is not changed). An exercise's parameter cell
+    says that its check cell knows the printed values only: the solution, whose record_answer
+    would make an edited value a new problem, is not in this edition."""
+    source = _PARAMETERS.sub(lambda m: f"# Exercise parameters ({m.group(1)}): the values the "
+                             f"statement prints; the check cell knows the answers to these only.",
+                             cell_text(cell), count=1)
+    return dict(cell, source=source, outputs=[], execution_count=None)
 
 
 # ---- leak check -------------------------------------------------------------------------------

@@ -294,42 +294,54 @@ def record_answer(label: str, value, *, unit: str, prompt: str, part: str | None
         return
     entry = _shipped().get(label)
     shipped = next((p for p in entry.get("parts", ()) if p["part"] == part), None) if entry else None
-    if shipped is None or any(shipped[k] != row[k] for k in ("unit", "prompt", "rtol")) or not \
-            math.isclose(_decode(label, part, shipped["code"]), value, rel_tol=1e-9, abs_tol=0):
-        _differs(label, f"the shipped answer to {label!r} part {part!r} is not this solution's",
-                 row)
-
-
-def _differs(label: str, what: str, row: dict) -> None:
-    """A recorded answer is not the shipped one: fail in the build and tests, else a new problem."""
-    ship = "run `python -m flopsbook.editions answers` and commit flopsbook/data/answers/"
-    if os.environ.get(VERIFY_ENV):
-        raise ValueError(f"{what}: {ship}")
-    chapter = _shipped().get(label, {}).get("chapter")
-    if "no_number" in row:
-        _LOCAL[label] = {"chapter": chapter, "no_number": row["no_number"]}
-    else:
-        local = _LOCAL.get(label)
-        if local is None or "parts" not in local:
-            base = _shipped().get(label, {})
-            local = _LOCAL[label] = {"chapter": chapter, "parts": list(base.get("parts", ()))}
-        local["parts"] = [p for p in local["parts"] if p["part"] != row["part"]] + \
-            [{k: row[k] for k in ("part", "unit", "prompt", "rtol", "code")}]
-    warnings.warn(f"{what}. A new problem (an exercise's values were edited?): check() uses this "
-                  f"solution's answer for the rest of the session; to ship it, {ship}",
-                  stacklevel=3)
+    differs = shipped is None or any(shipped[k] != row[k] for k in ("unit", "prompt", "rtol")) \
+        or not math.isclose(_decode(label, part, shipped["code"]), value, rel_tol=1e-9, abs_tol=0)
+    which = f"{label!r} part {part!r}" if part is not None else repr(label)
+    _session_answer(label, row, differs, f"the shipped answer to {which} is not this solution's")
 
 
 def record_no_number(label: str, reason: str) -> None:
     """In a worked solution: the exercise has no numeric answer; ``reason`` says what it asks."""
     if not isinstance(reason, str) or not reason.strip():
         raise ValueError(f"reason must be a short non-empty text, got {reason!r}")
-    if _record({"label": label, "no_number": reason}):
+    row = {"label": label, "no_number": reason}
+    if _record(row):
         return
     entry = _shipped().get(label)
-    if entry is None or entry.get("no_number") != reason:
-        _differs(label, f"the shipped answers do not say that {label!r} has no number",
-                 {"label": label, "no_number": reason})
+    _session_answer(label, row, entry is None or entry.get("no_number") != reason,
+                    f"the shipped answers do not say that {label!r} has no number")
+
+
+def _verifying() -> bool:
+    return os.environ.get(VERIFY_ENV, "") not in ("", "0")
+
+
+def _session_answer(label: str, row: dict, differs: bool, what: str) -> None:
+    """A solution recorded ``row``. When it is not the shipped answer: in the build and the tests
+    a stale answer file (an error); elsewhere a new problem, which ``check`` judges by this
+    session's answers from then on, and which a later record (an edited value changed back, say)
+    keeps up to date."""
+    if not differs and label not in _LOCAL:
+        return
+    if differs and _verifying():
+        raise ValueError(f"{what}: run `python -m flopsbook.editions answers` and commit "
+                         f"flopsbook/data/answers/")
+    chapter = _shipped().get(label, {}).get("chapter")
+    if "no_number" in row:
+        _LOCAL[label] = {"chapter": chapter, "no_number": row["no_number"]}
+    else:
+        part = {k: row[k] for k in ("part", "unit", "prompt", "rtol", "code")}
+        local = _LOCAL.get(label) or _shipped().get(label) or {}
+        parts = list(local.get("parts", ()))
+        if parts and (parts[0]["part"] is None) != (part["part"] is None):
+            parts = []   # one unnamed part, or named parts: never a mix (write_answers's rule)
+        _LOCAL[label] = {"chapter": chapter,
+                         "parts": [p for p in parts if p["part"] != part["part"]] + [part]}
+    if differs:
+        warnings.warn(f"{what}. check() now judges this session's answer to {label!r} (a new "
+                      f"problem: were the exercise's values edited?). Book authors: run "
+                      f"`python -m flopsbook.editions answers` and commit flopsbook/data/answers/ "
+                      f"to ship it.", stacklevel=3)
 
 
 def _record(row: dict) -> bool:

@@ -1,4 +1,7 @@
-"""Test-suite setup that must run before any test module imports JAX.
+"""Test-suite setup that must run before any test module imports JAX or runs a notebook.
+
+The suite also sets FLOPSBOOK_VERIFY_ANSWERS: a worked solution whose number is not the shipped
+answer then fails, in the tests and in the notebooks' kernels, which inherit the environment.
 
 XLA fixes the number of host CPU devices once, when JAX first starts a backend, from the
 ``XLA_FLAGS`` environment variable: ``tests/test_xla.py`` compiles for 8 of them. pytest imports
@@ -13,7 +16,7 @@ _DEVICES = "--xla_force_host_platform_device_count"
 
 # A worked solution whose number is not the shipped answer fails the suite (a stale answer
 # file) instead of making a new problem, as it does in a reader's kernel (flopsbook.exercises).
-os.environ.setdefault("FLOPSBOOK_VERIFY_ANSWERS", "1")
+os.environ["FLOPSBOOK_VERIFY_ANSWERS"] = "1"
 
 if _DEVICES not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_DEVICES}=8".strip()

@@ -7,6 +7,7 @@ edition is built from, with the instructor notebooks as the control that it find
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,8 @@ def test_refusals_are_value_errors(toy, call, words):
         call()
 
 
-def test_record_answer_checks_the_shipped_answer(toy):
+def test_record_answer_checks_the_shipped_answer(toy, monkeypatch):
+    monkeypatch.setenv(exercises.VERIFY_ENV, "1")   # as the build and the test suite set it
     exercises.record_answer("ex-toy-one", 1.5e9, unit="bytes", prompt="the cache")
     exercises.record_no_number("ex-toy-words", "it asks for an explanation")
     for bad in (dict(value=1.6e9), dict(unit="GB"), dict(rtol=0.05), dict(part="a")):
@@ -134,7 +136,7 @@ def test_record_answer_checks_the_shipped_answer(toy):
 
 def test_a_changed_answer_outside_the_build_is_a_new_problem(toy, monkeypatch):
     """An instructor who edits an exercise's values and re-runs gets a consistent check."""
-    monkeypatch.delenv(exercises.VERIFY_ENV)
+    monkeypatch.delenv(exercises.VERIFY_ENV, raising=False)
     monkeypatch.setattr(exercises, "_LOCAL", {})
     assert fb.check("ex-toy-two", 12.0, part="a")
     with pytest.warns(UserWarning, match="new problem"):
@@ -148,6 +150,27 @@ def test_a_changed_answer_outside_the_build_is_a_new_problem(toy, monkeypatch):
         exercises.record_no_number("ex-toy-one", "it now asks for a sketch")
     with pytest.raises(ValueError, match="a sketch"):
         fb.check("ex-toy-one", 1.5e9)
+    # a value changed back: the shipped answers are right again, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        exercises.record_answer("ex-toy-two", 12.0, unit="ms", prompt="latency", part="a")
+        exercises.record_answer("ex-toy-one", 1.5e9, unit="bytes", prompt="the cache")
+    assert fb.check("ex-toy-two", 12.0, part="a") and fb.check("ex-toy-one", 1.5e9)
+    # a one-part exercise re-made with named parts is judged by those parts alone
+    with pytest.warns(UserWarning, match="new problem"):
+        exercises.record_answer("ex-toy-flops", 7e23, unit="FLOPs", prompt="training", part="a")
+    assert fb.check("ex-toy-flops", {"a": 7e23})
+
+
+@pytest.mark.parametrize("value", ["", "0"])
+def test_verification_is_off_when_the_switch_is_empty_or_zero(toy, monkeypatch, value):
+    monkeypatch.setenv(exercises.VERIFY_ENV, value)
+    monkeypatch.setattr(exercises, "_LOCAL", {})
+    with pytest.warns(UserWarning, match="new problem"):
+        exercises.record_answer("ex-toy-one", 1.6e9, unit="bytes", prompt="the cache")
+    monkeypatch.setenv(exercises.VERIFY_ENV, "1")
+    with pytest.raises(ValueError, match="editions answers"):
+        exercises.record_answer("ex-toy-one", 1.7e9, unit="bytes", prompt="the cache")
 
 
 def test_record_mode_appends_instead_of_checking(toy, tmp_path, monkeypatch):
@@ -298,27 +321,35 @@ def _exercise_cells(nb, label):
     return params, [editions.cell_text(c) for c in cells[start:end] if c["cell_type"] == "code"]
 
 
-def test_editing_an_exercise_value_makes_a_consistent_new_problem(tmp_path, monkeypatch):
+def test_editing_an_exercise_value_makes_a_consistent_new_problem(monkeypatch):
     """The landing page's promise: change a number in an exercise's parameter cell and re-run:
-    the statement, the worked solution and the recorded answer follow (here 32 -> 5 sequences
-    in the batched product of ex-matmuls-batch: 2 * (5 * 2048) * 12288 * 49152 FLOPs)."""
+    the statement, the worked solution and flopsbook.check follow (here 32 -> 5 sequences in the
+    batched product of ex-matmuls-batch: 2 * (5 * 2048) * 12288 * 49152 FLOPs). The cells run
+    in this process, with the plot style and the glued texts restored afterwards."""
+    import matplotlib
     from IPython.core.inputtransformer2 import TransformerManager
+    from flopsbook.viz import g
 
     nb = _nb(ROOT / "notebooks" / "matmuls.ipynb")
     setup = next(editions.cell_text(c) for c in nb["cells"] if c["cell_type"] == "code")
     params, solution = _exercise_cells(nb, "ex-matmuls-batch")
     assert params and solution and re.search(r"^batch_seqs = 32\b", params[0], re.M)
     params[0] = re.sub(r"^batch_seqs = 32\b", "batch_seqs = 5", params[0], flags=re.M)
-    log = tmp_path / "rows.jsonl"
-    monkeypatch.setenv(exercises.RECORD_ENV, str(log))
-    namespace = {}
-    for code in [setup, *params, *solution]:
-        exec(TransformerManager().transform_cell(code), namespace)
-    from flopsbook.viz import g
-
-    assert str(g.ex_batch_seqs) == "5"                      # the statement's number
-    (row,) = [json.loads(line) for line in log.read_text().splitlines()]
-    assert exercises._decode(row["label"], row["part"], row["code"]) == 2 * (5 * 2048) * 12288 * 49152
+    monkeypatch.delenv(exercises.VERIFY_ENV, raising=False)
+    monkeypatch.delenv(exercises.RECORD_ENV, raising=False)
+    monkeypatch.setattr(exercises, "_LOCAL", {})
+    glued = dict(vars(g))
+    try:
+        with matplotlib.rc_context(), pytest.warns(UserWarning, match="new problem"):
+            namespace = {}
+            for code in [setup, *params, *solution]:
+                exec(TransformerManager().transform_cell(code), namespace)
+        assert str(g.ex_batch_seqs) == "5"                      # the statement's number
+    finally:
+        vars(g).clear()
+        vars(g).update(glued)
+    new, shipped = 2 * (5 * 2048) * 12288 * 49152, 2 * (32 * 2048) * 12288 * 49152
+    assert fb.check("ex-matmuls-batch", new) and not fb.check("ex-matmuls-batch", shipped)
 
 
 def test_every_exercise_but_three_has_a_number_to_check():
@@ -336,10 +367,12 @@ def test_every_derivation_checks_its_result_in_code(path):
     """A "show that" is checked, not only argued: its worked solution's code asserts the derived
     result against the package, the counting reference or a search."""
     cells = _nb(path)["cells"]
+    checked = 0
     for at, cell in enumerate(cells):
         text = editions.cell_text(cell)
-        if cell["cell_type"] != "markdown" or not re.search(r"```\{exercise\}[^`]*?:class:[^\n]*derivation", text):
+        if cell["cell_type"] != "markdown" or not re.search(r"^:class:[^\n]*\bderivation\b", text, re.M):
             continue
+        checked += 1
         label = re.search(r":label: (ex-[\w-]+)", text).group(1)
         start = next(i for i in range(at, len(cells))
                      if f"{{solution-start}} {label}" in editions.cell_text(cells[i]))
@@ -347,3 +380,18 @@ def test_every_derivation_checks_its_result_in_code(path):
                    if "{solution-end}" in editions.cell_text(cells[i]))
         code = "\n".join(editions.cell_text(c) for c in cells[start:end] if c["cell_type"] == "code")
         assert re.search(r"^\s*assert\b", code, re.M), f"{label}: its solution asserts nothing"
+    assert checked >= len(editions.exercise_labels(_nb(path))) / 3   # it found the derivations
+
+
+def test_the_student_edition_says_its_checks_know_the_printed_values():
+    """The student notebooks keep the parameter cells but not the solutions that would make an
+    edited value a new problem, so they do not invite the edit; the input is not changed."""
+    nb = _nb(ROOT / "notebooks" / "matmuls.ipynb")
+    before = json.dumps(nb)
+    student = editions.student_notebook(nb)
+    assert json.dumps(nb) == before
+    params = [editions.cell_text(c) for c in student["cells"] if c["cell_type"] == "code"
+              and editions.cell_text(c).startswith("# Exercise parameters (")]
+    assert len(params) >= 8
+    assert all("check cell knows the answers to these only" in p and "re-run for a new problem"
+               not in p for p in params)

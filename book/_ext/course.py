@@ -27,7 +27,8 @@ directives below turn it into MyST text and parse that, so every section and exe
     those cells out, says so instead.
 
 An exercise marked ``:class: derivation`` says so in its title on the website
-(``book/_static/course.css``).
+(``book/_static/course.css``). Loading this extension sets ``FLOPSBOOK_VERIFY_ANSWERS`` for the
+build's kernels, so that a stale shipped answer fails the build (``flopsbook.exercises``).
 
 In the PDF, the problem sets' exercise numbers link as sphinx-exercise's own references do
 (``ExerciseNumbersInLatex``).
@@ -43,8 +44,8 @@ notebook, ``_toc.yml`` or this file changes (``env.note_dependency``).
 from __future__ import annotations
 
 import io
-import os
 import itertools
+import os
 import json
 import re
 import textwrap
@@ -180,6 +181,11 @@ def exams(nb: dict) -> list[tuple[str, int, str]]:
     return found
 
 
+def _escaped(text: str) -> str:
+    """``text`` as plain text inside a MyST table cell's link."""
+    return re.sub(r"([|\[\]{}`*_])", r"\\\1", text)
+
+
 def exams_markdown(course: dict, notebooks: dict[str, dict]) -> str:
     rows = [(stem, *exam) for stem in course["chapters"]
             for exam in exams(notebooks.get(stem, {"cells": []}))]
@@ -188,7 +194,7 @@ def exams_markdown(course: dict, notebooks: dict[str, dict]) -> str:
                 "they are in the instructor edition of this page.")
     lines = ["| Chapter | Exam question | Marks |", "|---|---|---|"]
     lines += [f"| {_chapter_ref(stem, course['chapters'][stem].get('short', stem))} | "
-              f"[{title}](#{label}) | {total} |" for stem, label, total, title in rows]
+              f"[{_escaped(title)}](#{label}) | {total} |" for stem, label, total, title in rows]
     return "\n".join(lines)
 
 

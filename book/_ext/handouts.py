@@ -140,7 +140,11 @@ class CopyExercises(SphinxPostTransform):
         if env.config.math_numfig and env.config.numfig:
             numbers = env.toc_fignumbers.get(docname, {}).get("displaymath", {}).get(
                 nodes.make_id(f"equation-{target}"), ())
-            number = env.config.math_numsep.join(".".join(map(str, numbers)).rsplit(".", 1))
+            if numbers:
+                number = env.config.math_numsep.join(".".join(map(str, numbers)).rsplit(".", 1))
+            else:   # not numbered by chapter: its number within its page
+                logger.warning(f"problem-set: equation {target!r} has no chapter number",
+                               location=ref)
         ref.replace_self(nodes.Text((env.config.math_eqref_format or "({number})")
                                     .format(number=number)))
 
