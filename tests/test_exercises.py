@@ -366,21 +366,17 @@ def test_every_exercise_but_three_has_a_number_to_check():
 def test_every_derivation_checks_its_result_in_code(path):
     """A "show that" is checked, not only argued: its worked solution's code asserts the derived
     result against the package, the counting reference or a search."""
-    cells = _nb(path)["cells"]
+    nb = _nb(path)
     checked = 0
-    for at, cell in enumerate(cells):
+    for cell in nb["cells"]:
         text = editions.cell_text(cell)
         if cell["cell_type"] != "markdown" or not re.search(r"^:class:[^\n]*\bderivation\b", text, re.M):
             continue
         checked += 1
         label = re.search(r":label: (ex-[\w-]+)", text).group(1)
-        start = next(i for i in range(at, len(cells))
-                     if f"{{solution-start}} {label}" in editions.cell_text(cells[i]))
-        end = next(i for i in range(start, len(cells))
-                   if "{solution-end}" in editions.cell_text(cells[i]))
-        code = "\n".join(editions.cell_text(c) for c in cells[start:end] if c["cell_type"] == "code")
+        code = "\n".join(_exercise_cells(nb, label)[1])
         assert re.search(r"^\s*assert\b", code, re.M), f"{label}: its solution asserts nothing"
-    assert checked >= len(editions.exercise_labels(_nb(path))) / 3   # it found the derivations
+    assert checked >= len(editions.exercise_labels(nb)) / 3   # it found the derivations
 
 
 def test_the_student_edition_says_its_checks_know_the_printed_values():

@@ -63,7 +63,7 @@ from sphinx.util.docutils import SphinxDirective
 # One reader of the notebooks' exercises for the book: the student edition's (it is what
 # decides which exercises get a check cell, so the syllabus must see the same ones).
 from flopsbook import exercises as _exercises
-from flopsbook.editions import INSTRUCTOR_TAG, cell_text, exercise_labels
+from flopsbook.editions import cell_text, exercise_labels, split_solutions
 
 logger = logging.getLogger(__name__)
 
@@ -171,14 +171,12 @@ _EXAM = re.compile(r"\((exam-[\w-]+)\)=\s.*?Exam question \((\d+) marks\):\s*([^
 
 
 def exams(nb: dict) -> list[tuple[str, int, str]]:
-    """The chapter's exam questions: (label, total marks, title), from its instructor-only cells."""
-    found = []
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "markdown" and \
-                INSTRUCTOR_TAG in cell.get("metadata", {}).get("tags", []):
-            found += [(m.group(1), int(m.group(2)), m.group(3).strip())
-                      for m in _EXAM.finditer(cell_text(cell))]
-    return found
+    """The chapter's exam questions: (label, total marks, title), from the cells that only the
+    instructor edition has (``split_solutions``: the student edition's notebook has none)."""
+    _, instructor_only = split_solutions(nb)
+    return [(m.group(1), int(m.group(2)), m.group(3).strip())
+            for cell in instructor_only if cell["cell_type"] == "markdown"
+            for m in _EXAM.finditer(cell_text(cell))]
 
 
 def _escaped(text: str) -> str:
